@@ -1,0 +1,247 @@
+//! Starts the pipeline's tasks, supervises them and shuts them down in order.
+//!
+//! Start: open the outbox, compile the rules, then spawn the committer, the publisher and one
+//! task per source. Stop (SIGTERM/SIGINT, or a task failing): sources stop taking readings and
+//! flush their acknowledgements; the committer commits its last batch and ends when the last
+//! source dropped its sender; the publisher gets [`DELIVERY_GRACE`] to see in-flight deliveries
+//! confirmed; the outbox is flushed. Whatever was not confirmed stays in the outbox for the next
+//! start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::ingest::mqtt::{MqttError, MqttSource};
+use crate::outbox::committer::Committer;
+use crate::outbox::{Outbox, OutboxError};
+use crate::pipeline::{Classifier, Rules, RulesError};
+use crate::publish::{PublishError, Publisher};
+use crate::telemetry::Stats;
+
+/// How long in-flight Kafka deliveries may take to be confirmed at shutdown.
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+/// How long sources and the committer may take to wind down.
+const INGEST_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the gateway could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Routes or schemas failed to build.
+    #[error("{path}: {source}")]
+    Rules {
+        /// The configuration file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: RulesError,
+    },
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The publisher failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// An MQTT source failed.
+    #[error("MQTT source `{source_name}`: {error}")]
+    Mqtt {
+        /// The source.
+        source_name: String,
+        /// What failed.
+        error: MqttError,
+    },
+    /// A task panicked or was aborted.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Handle {
+    stop: CancellationToken,
+    outbox: Arc<Outbox>,
+    stats: Arc<Stats>,
+    classifier: Arc<Classifier>,
+    supervisor: tokio::task::JoinHandle<Result<(), AppError>>,
+}
+
+impl Handle {
+    /// The outbox (depth, dead letters).
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+    /// The classifier (for reloading rules).
+    pub fn classifier(&self) -> &Arc<Classifier> {
+        &self.classifier
+    }
+    /// A token that stops the gateway when cancelled (for signal handlers).
+    pub fn stopper(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+    /// Asks the gateway to stop.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+    /// Stops and waits until everything is committed and the publisher finished.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        self.stop.cancel();
+        self.wait().await
+    }
+    /// Waits until the gateway stopped (by [`Handle::stop`] or a failure).
+    pub async fn wait(self) -> Result<(), AppError> {
+        self.supervisor
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+    }
+}
+
+/// Validates the configuration, opens the outbox, compiles the rules and starts every task.
+pub fn start(config: Config) -> Result<Handle, AppError> {
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: config.path.clone(),
+            problems,
+        }
+        .into());
+    }
+    let rules = Rules::build(&config).map_err(|source| AppError::Rules {
+        path: config.path.clone(),
+        source,
+    })?;
+    let stats = Arc::new(Stats::default());
+    let outbox = Arc::new(Outbox::open(&config.gateway.state_dir, &config.queue, stats.clone())?);
+    let classifier = Arc::new(Classifier::new(&config, rules, stats.clone()));
+    let publisher = Publisher::new(
+        outbox.clone(),
+        config.kafka.clone(),
+        config.retry.clone(),
+        config.gateway.id.clone(),
+        stats.clone(),
+    );
+    // Fail fast on a producer configuration librdkafka rejects.
+    publisher.create_producer()?;
+
+    let stop = CancellationToken::new();
+    let queued = outbox.stats();
+    tracing::info!(
+        gateway = %config.gateway.id,
+        state_dir = %config.gateway.state_dir.display(),
+        outbox_depth = queued.depth,
+        dead_letters = queued.dead_letters,
+        mqtt_sources = config.mqtt.len(),
+        routes = config.routes.len(),
+        "Starting sensorgate"
+    );
+    let supervisor = tokio::spawn(supervise(
+        config,
+        outbox.clone(),
+        classifier.clone(),
+        stats.clone(),
+        publisher,
+        stop.clone(),
+    ));
+    Ok(Handle {
+        stop,
+        outbox,
+        stats,
+        classifier,
+        supervisor,
+    })
+}
+
+async fn supervise(
+    config: Config,
+    outbox: Arc<Outbox>,
+    classifier: Arc<Classifier>,
+    stats: Arc<Stats>,
+    publisher: Publisher,
+    stop: CancellationToken,
+) -> Result<(), AppError> {
+    let ingest_stop = CancellationToken::new();
+    let publish_stop = CancellationToken::new();
+    let (committer, submit) = Committer::new(outbox.clone(), &config.queue);
+    let committer = tokio::spawn(committer.run());
+    let mut publisher = tokio::spawn(publisher.run(publish_stop.clone(), DELIVERY_GRACE));
+
+    let mut sources = JoinSet::new();
+    for mqtt in &config.mqtt {
+        let name = mqtt.name.clone();
+        let source = MqttSource::new(
+            mqtt.clone(),
+            &config.gateway.id,
+            classifier.clone(),
+            submit.clone(),
+            stats.clone(),
+        );
+        let token = ingest_stop.clone();
+        sources.spawn(async move {
+            source.run(token).await.map_err(|error| AppError::Mqtt {
+                source_name: name,
+                error,
+            })
+        });
+    }
+    drop(submit);
+
+    let mut failure: Option<AppError> = None;
+    let mut publisher_done = false;
+    tokio::select! {
+        _ = stop.cancelled() => tracing::info!("Stopping: no new readings, committing the outbox"),
+        Some(result) = sources.join_next() => {
+            failure = Some(match result {
+                Ok(Ok(())) => AppError::Task("a source stopped unexpectedly".into()),
+                Ok(Err(e)) => e,
+                Err(e) => AppError::Task(e.to_string()),
+            });
+        }
+        result = &mut publisher => {
+            publisher_done = true;
+            failure = Some(match result {
+                Ok(Ok(())) => AppError::Task("the publisher stopped unexpectedly".into()),
+                Ok(Err(e)) => e.into(),
+                Err(e) => AppError::Task(e.to_string()),
+            });
+        }
+    }
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, "A pipeline task failed; shutting down");
+    }
+
+    ingest_stop.cancel();
+    let ingest_done = async {
+        while let Some(result) = sources.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::error!(error = %e, "Source failed while stopping");
+            }
+        }
+        let _ = committer.await;
+    };
+    if tokio::time::timeout(INGEST_GRACE, ingest_done).await.is_err() {
+        tracing::warn!("Sources or the committer did not stop in time; unacknowledged readings will be redelivered");
+    }
+    publish_stop.cancel();
+    if !publisher_done {
+        match publisher.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "Publisher failed while stopping"),
+            Err(e) => tracing::error!(error = %e, "Publisher task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    outbox.flush()?;
+    let left = outbox.stats();
+    tracing::info!(outbox_depth = left.depth, "Stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,16 @@
+//! Subcommands other than `run`, one file each. Each returns an [`ExitCode`]-like status and
+//! prints for an operator; `main.rs` only parses arguments and dispatches.
+
+pub mod check_config;
+pub mod validate;
+
+/// Process exit statuses of the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 0: all good.
+    Ok = 0,
+    /// 1: a check failed.
+    CheckFailed = 1,
+    /// 2: usage or configuration error.
+    Usage = 2,
+}

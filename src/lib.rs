@@ -1,0 +1,37 @@
+//! sensorgate: an edge gateway that takes sensor readings from MQTT brokers (and serial ports),
+//! validates each against a JSON Schema, stores it durably, and forwards it to Kafka, without
+//! losing a reading through outages of hours.
+//!
+//! # Layout
+//! The module tree follows the data flow:
+//! ```text
+//! ingest/mqtt ─► pipeline (route ─► validate) ─► outbox/committer ─► outbox ─► publish/kafka ─► Kafka
+//!                        └── dead letters (record::Reason) ─► outbox (dlq tree + DLQ topic) ─┘
+//! ```
+//! - [`config`]: the TOML file, one struct per section; [`config::Config::problems`] reports
+//!   every semantic error with its key.
+//! - [`ingest`]: sources. [`ingest::mqtt`] acknowledges only after the commit.
+//! - [`route`] and [`validate`]: topic filters → route; schema registry. [`pipeline`] combines
+//!   them into a [`record::Record`] bound for Kafka or a dead letter.
+//! - [`outbox`]: the sled-backed durable FIFO and local DLQ (invariants and on-disk format in its
+//!   module doc); [`outbox::committer`] group-commits and acknowledges.
+//! - [`publish`]: the Kafka producer loop, error classification, backoff and circuit breaker.
+//! - [`telemetry`]: every counter.
+//! - [`app`]: starts, supervises and stops the tasks; [`cli`]: subcommands other than `run`.
+//!
+//! # Guarantee
+//! Every reading that enters is, at all times, in exactly one of: the outbox, the local DLQ,
+//! Kafka, or a counted drop. Delivery is at-least-once; records carry `sensorgate.gateway` and
+//! `sensorgate.seq` headers so consumers can de-duplicate.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod outbox;
+pub mod pipeline;
+pub mod publish;
+pub mod record;
+pub mod route;
+pub mod telemetry;
+pub mod validate;
