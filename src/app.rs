@@ -119,7 +119,11 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         source,
     })?;
     let stats = Arc::new(Stats::default());
-    let outbox = Arc::new(Outbox::open(&config.gateway.state_dir, &config.queue, stats.clone())?);
+    let outbox = Arc::new(Outbox::open(
+        &config.gateway.state_dir,
+        &config.queue,
+        stats.clone(),
+    )?);
     let classifier = Arc::new(Classifier::new(&config, rules, stats.clone()));
     let publisher = Publisher::new(
         outbox.clone(),
@@ -226,7 +230,10 @@ async fn supervise(
         }
         let _ = committer.await;
     };
-    if tokio::time::timeout(INGEST_GRACE, ingest_done).await.is_err() {
+    if tokio::time::timeout(INGEST_GRACE, ingest_done)
+        .await
+        .is_err()
+    {
         tracing::warn!("Sources or the committer did not stop in time; unacknowledged readings will be redelivered");
     }
     publish_stop.cancel();

@@ -398,10 +398,12 @@ pub struct RouteConfig {
 impl RouteConfig {
     /// The route's display name.
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| match &self.topic_filter {
-            Some(filter) => format!("{}/{filter}", self.source),
-            None => self.source.clone(),
-        })
+        self.name
+            .clone()
+            .unwrap_or_else(|| match &self.topic_filter {
+                Some(filter) => format!("{}/{filter}", self.source),
+                None => self.source.clone(),
+            })
     }
 }
 
@@ -546,7 +548,10 @@ impl Config {
             p("queue.max_batch".into(), "must be at least 1".into());
         }
         if self.kafka.brokers.trim().is_empty() {
-            p("kafka.brokers".into(), "must list at least one broker".into());
+            p(
+                "kafka.brokers".into(),
+                "must list at least one broker".into(),
+            );
         }
         if self.kafka.max_in_flight == 0 {
             p("kafka.max_in_flight".into(), "must be at least 1".into());
@@ -557,17 +562,26 @@ impl Config {
                 "must not be empty (dead letters would share the readings' topic)".into(),
             );
         }
-        if let Err(e) = check_topic_name(&format!("{}{}", self.kafka.unrouted_topic, self.kafka.dlq_suffix)) {
+        if let Err(e) = check_topic_name(&format!(
+            "{}{}",
+            self.kafka.unrouted_topic, self.kafka.dlq_suffix
+        )) {
             p("kafka.unrouted_topic".into(), e);
         }
         if self.retry.initial.is_zero() {
             p("retry.initial".into(), "must be greater than zero".into());
         }
         if self.retry.max < self.retry.initial {
-            p("retry.max".into(), "must not be shorter than retry.initial".into());
+            p(
+                "retry.max".into(),
+                "must not be shorter than retry.initial".into(),
+            );
         }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
-            p("retry.multiplier".into(), "must be a number of at least 1.0".into());
+            p(
+                "retry.multiplier".into(),
+                "must be a number of at least 1.0".into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             p("retry.jitter".into(), "must be between 0.0 and 1.0".into());
@@ -576,13 +590,19 @@ impl Config {
         let mut names = HashSet::new();
         for (i, mqtt) in self.mqtt.iter().enumerate() {
             if !names.insert(mqtt.name.as_str()) {
-                p(format!("mqtt[{i}].name"), format!("source name `{}` is used twice", mqtt.name));
+                p(
+                    format!("mqtt[{i}].name"),
+                    format!("source name `{}` is used twice", mqtt.name),
+                );
             }
             if let Err(e) = crate::ingest::mqtt::BrokerAddress::parse(&mqtt.url) {
                 p(format!("mqtt[{i}].url"), e.to_string());
             }
             if mqtt.topics.is_empty() {
-                p(format!("mqtt[{i}].topics"), "must list at least one topic filter".into());
+                p(
+                    format!("mqtt[{i}].topics"),
+                    "must list at least one topic filter".into(),
+                );
             }
             for (j, topic) in mqtt.topics.iter().enumerate() {
                 if let Err(e) = TopicFilter::parse(topic) {
@@ -591,21 +611,35 @@ impl Config {
             }
             if let Some(file) = &mqtt.password_file {
                 if let Err(e) = std::fs::metadata(file) {
-                    p(format!("mqtt[{i}].password_file"), format!("{}: {e}", file.display()));
+                    p(
+                        format!("mqtt[{i}].password_file"),
+                        format!("{}: {e}", file.display()),
+                    );
                 }
             }
             if let Some(file) = &mqtt.ca_file {
                 if let Err(e) = std::fs::metadata(file) {
-                    p(format!("mqtt[{i}].ca_file"), format!("{}: {e}", file.display()));
+                    p(
+                        format!("mqtt[{i}].ca_file"),
+                        format!("{}: {e}", file.display()),
+                    );
                 }
             }
-            if mqtt.max_payload.bytes() == 0 || mqtt.max_payload.bytes() > crate::ingest::mqtt::MQTT_MAX_PACKET as u64 {
-                p(format!("mqtt[{i}].max_payload"), "must be between 1B and 256MiB".into());
+            if mqtt.max_payload.bytes() == 0
+                || mqtt.max_payload.bytes() > crate::ingest::mqtt::MQTT_MAX_PACKET as u64
+            {
+                p(
+                    format!("mqtt[{i}].max_payload"),
+                    "must be between 1B and 256MiB".into(),
+                );
             }
         }
         for (i, serial) in self.serial.iter().enumerate() {
             if !names.insert(serial.name.as_str()) {
-                p(format!("serial[{i}].name"), format!("source name `{}` is used twice", serial.name));
+                p(
+                    format!("serial[{i}].name"),
+                    format!("source name `{}` is used twice", serial.name),
+                );
             }
         }
 
@@ -615,12 +649,18 @@ impl Config {
             if !is_mqtt && !is_serial {
                 p(
                     format!("route[{i}].source"),
-                    format!("`{}` is not the name of any [[mqtt]] or [[serial]] source", route.source),
+                    format!(
+                        "`{}` is not the name of any [[mqtt]] or [[serial]] source",
+                        route.source
+                    ),
                 );
             }
             if let Some(filter) = &route.topic_filter {
                 if is_serial {
-                    p(format!("route[{i}].topic_filter"), "applies to MQTT sources only".into());
+                    p(
+                        format!("route[{i}].topic_filter"),
+                        "applies to MQTT sources only".into(),
+                    );
                 }
                 if let Err(e) = TopicFilter::parse(filter) {
                     p(format!("route[{i}].topic_filter"), e.to_string());
@@ -703,7 +743,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let text = MINIMAL.replace("[kafka]", "[kafka]\nbrokerz = \"x\"");
-        let err = Config::parse(&text, Path::new("a.toml")).unwrap_err().to_string();
+        let err = Config::parse(&text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a.toml") && err.contains("brokerz"), "{err}");
     }
 
@@ -716,8 +758,16 @@ mod tests {
             .replace("[kafka]", "[retry]\njitter = 2.0\n[kafka]");
         let config = Config::parse(&text, Path::new("a.toml")).unwrap();
         let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
-        for key in ["route[0].source", "route[0].key", "mqtt[0].url", "retry.jitter"] {
-            assert!(keys.contains(&key.to_owned()), "{key} missing from {keys:?}");
+        for key in [
+            "route[0].source",
+            "route[0].key",
+            "mqtt[0].url",
+            "retry.jitter",
+        ] {
+            assert!(
+                keys.contains(&key.to_owned()),
+                "{key} missing from {keys:?}"
+            );
         }
     }
 

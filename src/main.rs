@@ -10,7 +10,11 @@ use sensorgate::cli::{self, Status};
 use sensorgate::config::{Config, DEFAULT_PATH};
 
 #[derive(Debug, Parser)]
-#[command(name = "sensorgate", version, about = "Edge gateway: sensor readings from MQTT to Kafka, validated and durably buffered")]
+#[command(
+    name = "sensorgate",
+    version,
+    about = "Edge gateway: sensor readings from MQTT to Kafka, validated and durably buffered"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

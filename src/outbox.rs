@@ -107,7 +107,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         return Err(OutboxError::Format("missing magic".into()));
     }
     if bytes[2] != VERSION {
-        return Err(OutboxError::Format(format!("unknown format version {}", bytes[2])));
+        return Err(OutboxError::Format(format!(
+            "unknown format version {}",
+            bytes[2]
+        )));
     }
     let len = u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]) as usize;
     let meta_end = HEADER
@@ -185,7 +188,8 @@ impl Outbox {
             Ok(db) => db,
             Err(Opened::Failed(source)) => return Err(OutboxError::Sled { path, source }),
             Err(Opened::Corrupt(why)) => {
-                let aside = state_dir.join(format!("outbox.corrupt-{}", crate::record::now_ms() / 1000));
+                let aside =
+                    state_dir.join(format!("outbox.corrupt-{}", crate::record::now_ms() / 1000));
                 tracing::error!(
                     path = %path.display(),
                     moved_to = %aside.display(),
@@ -268,7 +272,9 @@ impl Outbox {
                 .insert(key(seq), value.as_slice())
                 .map_err(|e| self.sled_err(e))?;
         }
-        self.queue.insert(key(seq), value).map_err(|e| self.sled_err(e))?;
+        self.queue
+            .insert(key(seq), value)
+            .map_err(|e| self.sled_err(e))?;
         self.bytes.fetch_add(size, SeqCst);
         self.depth.fetch_add(1, SeqCst);
         Ok(Appended::Stored(seq))
@@ -325,7 +331,9 @@ impl Outbox {
     /// Up to `max` records after `after` (from the head when `None`), in order.
     pub fn read_after(&self, after: Option<u64>, max: usize) -> Result<Vec<(u64, Record)>> {
         let range = match after {
-            Some(seq) => self.queue.range((Bound::Excluded(key(seq)), Bound::Unbounded)),
+            Some(seq) => self
+                .queue
+                .range((Bound::Excluded(key(seq)), Bound::Unbounded)),
             None => self.queue.range::<[u8; 8], _>(..),
         };
         let mut out = Vec::new();
@@ -338,7 +346,9 @@ impl Outbox {
                 Ok(record) => out.push((seq_of(&k), record)),
                 Err(e) => {
                     tracing::error!(seq = seq_of(&k), error = %e, "Undecodable outbox record moved to quarantine");
-                    self.quarantine.insert(&k, v).map_err(|e| self.sled_err(e))?;
+                    self.quarantine
+                        .insert(&k, v)
+                        .map_err(|e| self.sled_err(e))?;
                     self.remove_key(&k)?;
                 }
             }
@@ -470,7 +480,9 @@ mod tests {
             meta: Meta {
                 gateway: "gw".into(),
                 source: "m".into(),
-                origin: Origin::Mqtt { topic: "s/1".into() },
+                origin: Origin::Mqtt {
+                    topic: "s/1".into(),
+                },
                 received_at_ms: 42,
                 route: None,
                 schema: None,
@@ -524,7 +536,9 @@ mod tests {
         let next = outbox.read_after(Some(seqs[8]), 100).unwrap();
         assert_eq!(next.len(), 1);
         // Sequence numbers keep increasing across a reopen.
-        let Appended::Stored(seq) = outbox.append(&mut record("t", b"x")).unwrap() else { panic!() };
+        let Appended::Stored(seq) = outbox.append(&mut record("t", b"x")).unwrap() else {
+            panic!()
+        };
         assert!(seq > seqs[9]);
     }
 
@@ -533,13 +547,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
         let payload = vec![7u8; 10_000];
-        let outbox = Outbox::open(dir.path(), &config(64 << 10, WhenFull::DropOldest), stats.clone()).unwrap();
+        let outbox = Outbox::open(
+            dir.path(),
+            &config(64 << 10, WhenFull::DropOldest),
+            stats.clone(),
+        )
+        .unwrap();
         for _ in 0..20 {
-            assert!(matches!(outbox.append(&mut record("t", &payload)).unwrap(), Appended::Stored(_)));
+            assert!(matches!(
+                outbox.append(&mut record("t", &payload)).unwrap(),
+                Appended::Stored(_)
+            ));
         }
         let s = outbox.stats();
         assert!(s.bytes <= 64 << 10, "{s:?}");
-        assert_eq!(stats.snapshot().dropped + s.depth, 20, "every record is stored or counted");
+        assert_eq!(
+            stats.snapshot().dropped + s.depth,
+            20,
+            "every record is stored or counted"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path(), &config(64 << 10, WhenFull::Block), stats).unwrap();
@@ -553,7 +579,12 @@ mod tests {
     #[tokio::test]
     async fn dead_letters_go_to_the_local_store_with_their_id() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path(), &config(1 << 20, WhenFull::Block), Arc::default()).unwrap();
+        let outbox = Outbox::open(
+            dir.path(),
+            &config(1 << 20, WhenFull::Block),
+            Arc::default(),
+        )
+        .unwrap();
         let mut dead = record("t.DLQ", b"{bad");
         dead.meta.dead_letter = Some(DeadLetterInfo {
             id: 0,
@@ -561,17 +592,26 @@ mod tests {
             errors: vec![Violation::whole("nope")],
             original_len: None,
         });
-        let Appended::Stored(seq) = outbox.append(&mut dead).unwrap() else { panic!() };
+        let Appended::Stored(seq) = outbox.append(&mut dead).unwrap() else {
+            panic!()
+        };
         let stored = outbox.dead_letters().unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].meta.dead_letter.as_ref().unwrap().id, seq);
         assert_eq!(&stored[0].payload[..], b"{bad");
 
-        let Appended::Stored(seq) = outbox.append(&mut record("t", b"{}")).unwrap() else { panic!() };
+        let Appended::Stored(seq) = outbox.append(&mut record("t", b"{}")).unwrap() else {
+            panic!()
+        };
         let (_, rec) = outbox.read_after(None, 10).unwrap().pop().unwrap();
-        outbox.reject(seq, rec, "Broker: Message size too large").unwrap();
+        outbox
+            .reject(seq, rec, "Broker: Message size too large")
+            .unwrap();
         let stored = outbox.dead_letters().unwrap();
-        assert_eq!(stored[1].meta.dead_letter.as_ref().unwrap().reason, Reason::PublishRejected);
+        assert_eq!(
+            stored[1].meta.dead_letter.as_ref().unwrap().reason,
+            Reason::PublishRejected
+        );
         assert_eq!(outbox.stats().depth, 1);
     }
 
@@ -587,7 +627,11 @@ mod tests {
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("outbox.corrupt-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("outbox.corrupt-")
+            })
             .collect();
         assert_eq!(aside.len(), 1, "the corrupt database is kept for recovery");
     }

@@ -113,7 +113,10 @@ impl Classifier {
                     // in practice; treat it as a schema failure rather than a panic.
                     None => Err(dead(
                         Reason::Schema,
-                        vec![Violation::whole(format!("schema `{}` is not loaded", route.schema))],
+                        vec![Violation::whole(format!(
+                            "schema `{}` is not loaded",
+                            route.schema
+                        ))],
                     )),
                     Some(validator) => {
                         let errors = validate::violations(validator, &doc);
@@ -221,7 +224,9 @@ mod tests {
     fn reading(topic: &str, payload: &'static [u8]) -> Reading {
         Reading {
             source: "m".into(),
-            origin: Origin::Mqtt { topic: topic.into() },
+            origin: Origin::Mqtt {
+                topic: topic.into(),
+            },
             payload: Bytes::from_static(payload),
             received_at_ms: 1,
         }
@@ -245,7 +250,11 @@ mod tests {
 
         let not_json = c.classify(reading("s/d1/r", b"\xff\xfe"), 1024);
         assert_eq!(not_json.meta.dead_letter.unwrap().reason, Reason::NotJson);
-        assert_eq!(&not_json.payload[..], b"\xff\xfe", "payload bytes untouched");
+        assert_eq!(
+            &not_json.payload[..],
+            b"\xff\xfe",
+            "payload bytes untouched"
+        );
 
         let unrouted = c.classify(reading("other/topic", b"{}"), 1024);
         assert_eq!(unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");

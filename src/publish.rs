@@ -5,4 +5,4 @@
 pub mod backoff;
 pub mod kafka;
 
-pub use kafka::{classify, Failure, Publisher, PublishError};
+pub use kafka::{classify, Failure, PublishError, Publisher};

@@ -129,7 +129,11 @@ impl Router {
                 Ok(Route {
                     name: c.name(),
                     source: c.source.clone(),
-                    filter: c.topic_filter.as_deref().map(TopicFilter::parse).transpose()?,
+                    filter: c
+                        .topic_filter
+                        .as_deref()
+                        .map(TopicFilter::parse)
+                        .transpose()?,
                     schema: c.schema.clone(),
                     kafka_topic: c.kafka_topic.clone(),
                     key: c.key.clone().filter(|k| !k.is_empty()),
@@ -181,9 +185,18 @@ mod tests {
 
     #[test]
     fn misplaced_wildcards_are_rejected() {
-        assert!(matches!(TopicFilter::parse("a/#/b"), Err(FilterError::BadMultiLevel(_))));
-        assert!(matches!(TopicFilter::parse("a/b#"), Err(FilterError::BadMultiLevel(_))));
-        assert!(matches!(TopicFilter::parse("a/x+/b"), Err(FilterError::BadSingleLevel(_))));
+        assert!(matches!(
+            TopicFilter::parse("a/#/b"),
+            Err(FilterError::BadMultiLevel(_))
+        ));
+        assert!(matches!(
+            TopicFilter::parse("a/b#"),
+            Err(FilterError::BadMultiLevel(_))
+        ));
+        assert!(matches!(
+            TopicFilter::parse("a/x+/b"),
+            Err(FilterError::BadSingleLevel(_))
+        ));
         assert_eq!(TopicFilter::parse(""), Err(FilterError::Empty));
     }
 
@@ -204,11 +217,19 @@ mod tests {
         ])
         .unwrap();
         let mqtt = |t: &str| Origin::Mqtt { topic: t.into() };
-        assert_eq!(router.find("a", &mqtt("x/special")).unwrap().kafka_topic, "special");
-        assert_eq!(router.find("a", &mqtt("x/other")).unwrap().kafka_topic, "general");
+        assert_eq!(
+            router.find("a", &mqtt("x/special")).unwrap().kafka_topic,
+            "special"
+        );
+        assert_eq!(
+            router.find("a", &mqtt("x/other")).unwrap().kafka_topic,
+            "general"
+        );
         assert!(router.find("b", &mqtt("x/other")).is_none());
         assert!(router.find("a", &mqtt("y/other")).is_none());
-        let port = Origin::Serial { port: "/dev/ttyUSB0".into() };
+        let port = Origin::Serial {
+            port: "/dev/ttyUSB0".into(),
+        };
         assert_eq!(router.find("serial", &port).unwrap().kafka_topic, "serial");
     }
 }

@@ -92,7 +92,8 @@ impl Stats {
         if dead_letter {
             self.delivered_dead_letters.fetch_add(1, Relaxed);
         }
-        self.last_delivery_ms.store(crate::record::now_ms(), Relaxed);
+        self.last_delivery_ms
+            .store(crate::record::now_ms(), Relaxed);
     }
     /// A delivery failed transiently.
     pub fn delivery_failed(&self) {
@@ -123,11 +124,20 @@ impl Stats {
     /// Copies every counter.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            received: self.received.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            received: self
+                .received
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             valid: self.valid.load(Relaxed),
             dead_letters: Reason::ALL
                 .iter()
-                .map(|r| (r.as_str().to_owned(), self.dead_letters[reason_index(*r)].load(Relaxed)))
+                .map(|r| {
+                    (
+                        r.as_str().to_owned(),
+                        self.dead_letters[reason_index(*r)].load(Relaxed),
+                    )
+                })
                 .collect(),
             dropped: self.dropped.load(Relaxed),
             delivered: self.delivered.load(Relaxed),

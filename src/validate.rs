@@ -145,14 +145,16 @@ impl Retrieve for LocalFiles {
         let file = match scheme {
             "json-schema" => self.dir.join(path.trim_start_matches('/')),
             "file" => PathBuf::from(path),
-            _ => {
-                return Err(format!(
-                    "cannot resolve `{uri}`: only files inside the schemas directory can be referenced"
-                )
-                .into())
-            }
+            _ => return Err(format!(
+                "cannot resolve `{uri}`: only files inside the schemas directory can be referenced"
+            )
+            .into()),
         };
-        if file.components().any(|c| c == std::path::Component::ParentDir) || !file.starts_with(&self.dir) {
+        if file
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+            || !file.starts_with(&self.dir)
+        {
             return Err(format!("`{uri}` is outside the schemas directory").into());
         }
         let text = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -192,8 +194,13 @@ mod tests {
         assert!(violations(v, &json!({"device_id": "abc", "t": 1.5})).is_empty());
         let errors = violations(v, &json!({"device_id": "a", "t": "hot"}));
         let paths: Vec<&str> = errors.iter().map(|e| e.instance_path.as_str()).collect();
-        assert!(paths.contains(&"/device_id") && paths.contains(&"/t"), "{errors:?}");
-        assert!(errors.iter().all(|e| !e.schema_path.is_empty() && !e.message.is_empty()));
+        assert!(
+            paths.contains(&"/device_id") && paths.contains(&"/t"),
+            "{errors:?}"
+        );
+        assert!(errors
+            .iter()
+            .all(|e| !e.schema_path.is_empty() && !e.message.is_empty()));
     }
 
     #[test]
@@ -202,11 +209,15 @@ mod tests {
         std::fs::write(dir.path().join("broken.json"), b"{ not json").unwrap();
         write(dir.path(), "badtype.json", &json!({"type": "thing"}));
         write(dir.path(), "badref.json", &json!({"$ref": "missing.json"}));
-        let errors =
-            SchemaRegistry::load(dir.path(), ["broken.json", "badtype.json", "badref.json", "absent.json"])
-                .unwrap_err();
+        let errors = SchemaRegistry::load(
+            dir.path(),
+            ["broken.json", "badtype.json", "badref.json", "absent.json"],
+        )
+        .unwrap_err();
         assert_eq!(errors.len(), 4, "{errors:?}");
-        assert!(matches!(&errors[0], SchemaError::NotJson { path, .. } if path.ends_with("broken.json")));
+        assert!(
+            matches!(&errors[0], SchemaError::NotJson { path, .. } if path.ends_with("broken.json"))
+        );
         assert!(matches!(&errors[1], SchemaError::Compile { .. }));
         assert!(matches!(&errors[2], SchemaError::Compile { .. }));
         assert!(matches!(&errors[3], SchemaError::Read { .. }));

@@ -11,7 +11,10 @@ use crate::validate::{compile_file, violations};
 /// Validates each input against `schema`; 0 when all are valid, 1 when any is not, 2 when the
 /// schema itself is unusable.
 pub fn run(schema: &Path, inputs: &[String], out: &mut dyn Write) -> std::io::Result<Status> {
-    let dir = schema.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = schema
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let schema_path = dir.join(schema.file_name().unwrap_or_default());
     let validator = match compile_file(&dir, &schema_path) {
@@ -22,7 +25,11 @@ pub fn run(schema: &Path, inputs: &[String], out: &mut dyn Write) -> std::io::Re
         }
     };
     let stdin = ["-".to_owned()];
-    let inputs = if inputs.is_empty() { &stdin[..] } else { inputs };
+    let inputs = if inputs.is_empty() {
+        &stdin[..]
+    } else {
+        inputs
+    };
     let mut all_valid = true;
     for input in inputs {
         let (name, bytes) = if input == "-" {
@@ -75,13 +82,25 @@ pub fn run(schema: &Path, inputs: &[String], out: &mut dyn Write) -> std::io::Re
                     } else {
                         all_valid = false;
                         for v in errors {
-                            let at = if v.instance_path.is_empty() { "/" } else { &v.instance_path };
-                            writeln!(out, "{label}: {at}: {} (schema {})", v.message, v.schema_path)?;
+                            let at = if v.instance_path.is_empty() {
+                                "/"
+                            } else {
+                                &v.instance_path
+                            };
+                            writeln!(
+                                out,
+                                "{label}: {at}: {} (schema {})",
+                                v.message, v.schema_path
+                            )?;
                         }
                     }
                 }
             }
         }
     }
-    Ok(if all_valid { Status::Ok } else { Status::CheckFailed })
+    Ok(if all_valid {
+        Status::Ok
+    } else {
+        Status::CheckFailed
+    })
 }

@@ -113,7 +113,9 @@ mod tests {
         assert_eq!(parse_size("64 KB").unwrap().bytes(), 64_000);
         assert_eq!(parse_size("10").unwrap().bytes(), 10);
         assert_eq!(parse_size("1.5KiB").unwrap().bytes(), 1536);
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
         assert!(parse_size("MiB").is_err());
     }
 

@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode, Transport,
+};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::sleep;
@@ -74,7 +76,9 @@ impl BrokerAddress {
         };
         let authority = rest.split(['/', '?']).next().unwrap_or("");
         if authority.contains('@') {
-            return Err(err("credentials do not belong in the URL; use username and password_file"));
+            return Err(err(
+                "credentials do not belong in the URL; use username and password_file",
+            ));
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
@@ -201,11 +205,10 @@ impl MqttSource {
                     if ack.session_present {
                         tracing::info!(source = %name, "MQTT session resumed");
                     } else {
-                        let filters = self
-                            .config
-                            .topics
-                            .iter()
-                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        let filters =
+                            self.config.topics.iter().map(|t| {
+                                rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce)
+                            });
                         if let Err(e) = client.try_subscribe_many(filters) {
                             tracing::error!(source = %name, error = %e, "Cannot subscribe");
                         }
@@ -213,7 +216,11 @@ impl MqttSource {
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
                         tracing::error!(source = %name, codes = ?ack.return_codes, "MQTT broker refused a subscription");
                     }
                 }
@@ -275,7 +282,10 @@ impl MqttSource {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(source = %name, "Timed out flushing MQTT acknowledgements; the broker will redeliver");
         }
         tracing::info!(source = %name, "MQTT source stopped");

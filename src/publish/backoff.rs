@@ -97,7 +97,10 @@ mod tests {
     fn delays_grow_to_the_cap_and_reset() {
         let mut b = Backoff::new(config(0.0));
         let delays: Vec<u64> = (0..10).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(delays[..8], [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000]);
+        assert_eq!(
+            delays[..8],
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000]
+        );
         assert_eq!(delays[9], 60000);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(500));

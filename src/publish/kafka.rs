@@ -161,7 +161,10 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("compression.type", self.kafka.compression.as_str())
             .set("linger.ms", self.kafka.linger.as_millis().to_string())
-            .set("message.timeout.ms", self.kafka.message_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.kafka.message_timeout.as_millis().to_string(),
+            )
             .set(
                 "queue.buffering.max.messages",
                 (self.kafka.max_in_flight + 1000).max(100_000).to_string(),
@@ -205,7 +208,11 @@ impl Publisher {
                 deadline = Some(Instant::now() + grace);
             }
             // Fill the window.
-            let window = if deadline.is_some() || rewind { 0 } else { circuit.window(self.kafka.max_in_flight) };
+            let window = if deadline.is_some() || rewind {
+                0
+            } else {
+                circuit.window(self.kafka.max_in_flight)
+            };
             if inflight.len() < window {
                 for (seq, record) in self.outbox.read_after(cursor, window - inflight.len())? {
                     match self.send(&producer, seq, &record) {
@@ -213,7 +220,9 @@ impl Publisher {
                             cursor = Some(seq);
                             inflight.push(async move { (seq, record, delivery.await) });
                         }
-                        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => break,
+                        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                            break
+                        }
                         Err(e) => match classify(&e) {
                             Failure::Permanent => {
                                 self.rejected(seq, record, &e)?;
@@ -288,7 +297,9 @@ impl Publisher {
                     _ = stop.cancelled() => continue,
                 },
             };
-            let Some((seq, record, result)) = settled else { continue };
+            let Some((seq, record, result)) = settled else {
+                continue;
+            };
             match result {
                 Ok(Ok(_delivery)) => {
                     self.outbox.remove(&[seq])?;
@@ -298,7 +309,10 @@ impl Publisher {
                     }
                     self.stats.set_kafka_down(false);
                     if circuit != Circuit::Closed {
-                        tracing::info!(attempts = backoff.attempts(), "Kafka deliveries succeed again");
+                        tracing::info!(
+                            attempts = backoff.attempts(),
+                            "Kafka deliveries succeed again"
+                        );
                         circuit = Circuit::Closed;
                         backoff.reset();
                     }
@@ -341,8 +355,14 @@ impl Publisher {
     ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
         let seq_text = seq.to_string();
         let mut headers = OwnedHeaders::new_with_capacity(8)
-            .insert(Header { key: "sensorgate.gateway", value: Some(self.gateway.as_bytes()) })
-            .insert(Header { key: "sensorgate.seq", value: Some(seq_text.as_bytes()) });
+            .insert(Header {
+                key: "sensorgate.gateway",
+                value: Some(self.gateway.as_bytes()),
+            })
+            .insert(Header {
+                key: "sensorgate.seq",
+                value: Some(seq_text.as_bytes()),
+            });
         if let Some(info) = &record.meta.dead_letter {
             let errors = serde_json::to_string(&info.errors).unwrap_or_default();
             let received = format_ms(record.meta.received_at_ms);
@@ -358,7 +378,10 @@ impl Publisher {
                 ("sensorgate.origin", origin.as_str()),
                 ("sensorgate.id", id.as_str()),
             ] {
-                headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
             }
         }
         let mut future = FutureRecord::<str, [u8]>::to(&record.meta.kafka_topic)
@@ -379,12 +402,30 @@ mod tests {
     #[test]
     fn errors_are_classified_once() {
         let e = |c| KafkaError::MessageProduction(c);
-        assert_eq!(classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)), Failure::Permanent);
-        assert_eq!(classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)), Failure::Permanent);
-        assert_eq!(classify(&e(RDKafkaErrorCode::UnknownTopic)), Failure::Permanent);
-        assert_eq!(classify(&e(RDKafkaErrorCode::MessageTimedOut)), Failure::Transient);
-        assert_eq!(classify(&e(RDKafkaErrorCode::AllBrokersDown)), Failure::Transient);
-        assert_eq!(classify(&e(RDKafkaErrorCode::NotEnoughReplicas)), Failure::Transient);
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Failure::Permanent
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            Failure::Permanent
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::UnknownTopic)),
+            Failure::Permanent
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::MessageTimedOut)),
+            Failure::Transient
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::AllBrokersDown)),
+            Failure::Transient
+        );
+        assert_eq!(
+            classify(&e(RDKafkaErrorCode::NotEnoughReplicas)),
+            Failure::Transient
+        );
         assert_eq!(classify(&e(RDKafkaErrorCode::Fatal)), Failure::Fatal);
     }
 }

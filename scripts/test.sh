@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, every test target, doc tests.
+#
+# Works on a fresh Debian 12 machine that has Rust (rustup) and gcc: it installs what is missing
+# with apt-get (mosquitto and socat for the end-to-end tests; g++ and make, which librdkafka's
+# build needs) and the rustfmt and clippy components with rustup.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+export PATH="$PATH:/usr/sbin"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- System packages -----------------------------------------------------------------------
+packages=()
+if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; then
+    packages+=(mosquitto mosquitto-clients socat)
+elif ! command -v socat >/dev/null 2>&1; then
+    packages+=(socat)
+fi
+# rdkafka builds librdkafka from source: its configure script fails without a C++ compiler,
+# and the build runs make.
+if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
+    packages+=(g++)
+fi
+if ! command -v make >/dev/null 2>&1; then
+    packages+=(make)
+fi
+if ((${#packages[@]} > 0)); then
+    step "Installing ${packages[*]}"
+    sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "test.sh: need root or sudo to install: ${packages[*]}" >&2
+            exit 1
+        fi
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+# --- Rust components -----------------------------------------------------------------------
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        step "Installing the $component component"
+        rustup component add "$component"
+    fi
+done
+
+# --- Checks and tests ----------------------------------------------------------------------
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+# The output is kept in target/test-logs/ and the per-binary result lines are repeated at the end.
+logs=target/test-logs
+mkdir -p "$logs"
+
+step "cargo test --all-targets"
+cargo test --all-targets 2>&1 | tee "$logs/all-targets.log"
+
+step "cargo test --doc"
+cargo test --doc 2>&1 | tee "$logs/doc.log"
+
+step "Summary"
+grep -h -E '^(\s+Running|\s+Doc-tests|test result:)' "$logs/all-targets.log" "$logs/doc.log" \
+    | sed -E 's/^\s+//' || true
+echo
+echo "All checks and tests passed."

@@ -1,0 +1,362 @@
+//! Helpers for end-to-end tests: a real mosquitto broker as a child process, librdkafka's mock
+//! Kafka cluster, a Kafka reader, an MQTT sensor, and a gateway configuration writer. Every wait
+//! polls a condition against a deadline.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Waits until `cond` holds, panicking with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async version of [`wait_until`].
+pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// A mosquitto broker on a free port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 1000000\nmax_inflight_messages 100\nuser root\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mosquitto must be installed (scripts/test.sh installs it)");
+        wait_until(Duration::from_secs(10), "mosquitto to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// librdkafka's in-process mock cluster with the given topics (4 partitions each).
+pub fn kafka(topics: &[&str]) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(3).expect("mock cluster");
+    for topic in topics {
+        cluster.create_topic(topic, 4, 1).expect("create topic");
+    }
+    cluster
+}
+
+/// A record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn received(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Received {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}
+
+/// Reads every partition of some topics from the beginning.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub records: Vec<Received>,
+}
+
+impl Reader {
+    pub fn new(bootstrap: &str, topics: &[&str]) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "sensorgate-tests")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("metadata");
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                        .unwrap();
+                }
+            }
+        }
+        consumer.assign(&list).expect("assign");
+        Self {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    /// Polls until `done(records)` holds or `limit` passes (then panics with `what`). The
+    /// condition is checked whenever the consumer is caught up, or every 1,000 records.
+    pub fn read_until(&mut self, limit: Duration, what: &str, done: impl Fn(&[Received]) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done(&self.records) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; have {} records",
+                self.records.len()
+            );
+            for _ in 0..1000 {
+                match self.consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => self.records.push(received(&m)),
+                    Some(Err(_)) => {}
+                    None => break,
+                }
+            }
+        }
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<&Received> {
+        self.records.iter().filter(|r| r.topic == topic).collect()
+    }
+}
+
+/// The schema used by the tests: device_id, seq and a temperature in range.
+pub const READING_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["device_id", "seq", "temperature_c"],
+  "properties": {
+    "device_id": {"type": "string", "minLength": 1},
+    "seq": {"type": "integer", "minimum": 0},
+    "temperature_c": {"type": "number", "minimum": -60, "maximum": 125}
+  }
+}"#;
+
+/// Writes a gateway config (and its schema) into `dir` and returns the config path.
+/// `extra_queue` lands in `[queue]`.
+pub fn write_config(dir: &Path, mqtt_url: &str, brokers: &str, extra_queue: &str) -> PathBuf {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA).unwrap();
+    let path = dir.join("sensorgate.toml");
+    let client_id = format!("sensorgate-test-{}", free_port());
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "test-gw"
+state_dir = "state"
+schemas_dir = "schemas"
+
+[queue]
+max_bytes = "64MiB"
+{extra_queue}
+
+[kafka]
+brokers = "{brokers}"
+message_timeout = "120s"
+
+[retry]
+initial = "100ms"
+max = "2s"
+
+[[mqtt]]
+name = "local"
+url = "{mqtt_url}"
+client_id = "{client_id}"
+topics = ["sensors/#"]
+max_payload = "1KiB"
+
+[[route]]
+source = "local"
+topic_filter = "sensors/+/reading"
+schema = "reading.v1.json"
+kafka_topic = "sensors.readings"
+key = "/device_id"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A valid reading.
+pub fn reading(device: &str, seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"device_id":"{device}","seq":{seq},"temperature_c":{}}}"#,
+        20.0 + (seq % 10) as f64
+    )
+    .into_bytes()
+}
+
+/// Publishes `messages` (topic, payload) at QoS 1 in order and returns once the broker
+/// acknowledged every one of them.
+pub async fn publish_all(mqtt_port: u16, client: &str, messages: Vec<(String, Vec<u8>)>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(client, "127.0.0.1", mqtt_port);
+    options
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let total = messages.len();
+    let publisher = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked < total {
+        assert!(
+            Instant::now() < deadline,
+            "broker acknowledged only {acked} of {total}"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("sensor connection failed: {e}"),
+            Err(_) => {}
+        }
+    }
+    let client = publisher.await.unwrap();
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+}
+
+/// Publishes what arrives on `rx` at QoS 1 and returns once the broker acknowledged `total`.
+pub async fn publish_stream(
+    mqtt_port: u16,
+    client: &str,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    total: usize,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(client, "127.0.0.1", mqtt_port);
+    options
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let publisher = tokio::spawn(async move {
+        while let Some((topic, payload)) = rx.recv().await {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while acked < total {
+        assert!(
+            Instant::now() < deadline,
+            "broker acknowledged only {acked} of {total}"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("sensor connection failed: {e}"),
+            Err(_) => {}
+        }
+    }
+    let client = publisher.await.unwrap();
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+}

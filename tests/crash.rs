@@ -1,0 +1,208 @@
+//! The gateway as a separate process, killed with SIGKILL: nothing the MQTT broker accepted from
+//! a sensor is lost, because the gateway acknowledges only what it has committed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sensorgate::config::QueueConfig;
+use sensorgate::outbox::Outbox;
+
+const LONG: Duration = Duration::from_secs(120);
+
+struct GatewayProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    fn spawn(config: &Path, log: &Path, rust_log: &str) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("subscribing") >= 1
+        })
+    });
+
+    // A sensor publishing 20,000 readings at about 5,000/s, QoS 1.
+    const TOTAL: u64 = 20_000;
+    let port = mqtt.port;
+    let finished = Arc::new(AtomicBool::new(false));
+    let sensor = {
+        let finished = finished.clone();
+        tokio::spawn(async move {
+            let mut chunk = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut all = Vec::new();
+            for seq in 0..TOTAL {
+                let device = format!("dev-{}", seq % 16);
+                chunk.push((format!("sensors/{device}/reading"), reading(&device, seq)));
+                if chunk.len() == 50 {
+                    all.push(std::mem::take(&mut chunk));
+                }
+            }
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let pacer = tokio::spawn(async move {
+                for c in all {
+                    tick.tick().await;
+                    for m in c {
+                        let _ = tx.send(m);
+                    }
+                }
+            });
+            publish_stream(port, "sensor-crash", rx, TOTAL as usize).await;
+            pacer.await.unwrap();
+            finished.store(true, Ordering::SeqCst);
+        })
+    };
+
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    tokio::task::block_in_place(|| {
+        reader.read_until(LONG, "2,000 readings in Kafka", |r| r.len() >= 2_000)
+    });
+    gateway.kill9();
+    let killed_mid_stream = !finished.load(Ordering::SeqCst);
+    let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+
+    sensor.await.unwrap();
+    tokio::task::block_in_place(|| {
+        reader.read_until(LONG, "every acknowledged reading in Kafka", |records| {
+            let mut seen = std::collections::HashSet::new();
+            records.iter().for_each(|r| {
+                seen.insert(r.json()["seq"].as_u64().unwrap());
+            });
+            seen.len() as u64 == TOTAL
+        })
+    });
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for r in &reader.records {
+        *counts.entry(r.json()["seq"].as_u64().unwrap()).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "SIGKILL test: {TOTAL} readings, killed mid-stream: {killed_mid_stream}, \
+         {} records in Kafka, {duplicates} duplicates",
+        reader.records.len()
+    );
+    assert!((0..TOTAL).all(|seq| counts.contains_key(&seq)), "zero loss");
+    gateway.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    // A commit window of an hour: the readings are received but never committed.
+    let config = write_config(
+        dir.path(),
+        &mqtt.url(),
+        &kafka.bootstrap_servers(),
+        "commit_interval = \"1h\"",
+    );
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, "sensorgate=trace,info");
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("subscribing") >= 1
+        })
+    });
+
+    let messages = (0..3u64)
+        .map(|seq| ("sensors/dev-1/reading".to_owned(), reading("dev-1", seq)))
+        .collect();
+    publish_all(mqtt.port, "sensor-uncommitted", messages).await;
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to receive 3 readings", || {
+            gateway.log_count("Reading received") >= 3
+        })
+    });
+    gateway.kill9();
+
+    // Nothing was committed...
+    {
+        let outbox = Outbox::open(
+            &dir.path().join("state"),
+            &QueueConfig::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            outbox.stats().depth,
+            0,
+            "the readings were not committed before the kill"
+        );
+    }
+    // ...and after a restart the broker redelivers them (persistent session, no PUBACK sent).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("commit_interval = \"1h\"", "");
+    std::fs::write(&config, text).unwrap();
+    let _gateway = GatewayProcess::spawn(&config, &log, "info");
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    tokio::task::block_in_place(|| {
+        reader.read_until(LONG, "the 3 redelivered readings", |r| r.len() >= 3)
+    });
+    let seqs: Vec<u64> = reader
+        .records
+        .iter()
+        .map(|r| r.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+}
