@@ -135,6 +135,12 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     // Fail fast on a producer configuration librdkafka rejects.
     publisher.create_producer()?;
 
+    if !config.serial.is_empty() {
+        tracing::warn!(
+            count = config.serial.len(),
+            "[[serial]] sources are not supported by this version yet and are ignored"
+        );
+    }
     let stop = CancellationToken::new();
     let queued = outbox.stats();
     tracing::info!(

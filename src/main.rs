@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sensorgate::app::AppError;
 use sensorgate::cli::{self, Status};
 use sensorgate::config::{Config, DEFAULT_PATH};
 
@@ -86,9 +87,19 @@ fn main() -> ExitCode {
             match runtime.block_on(run(config)) {
                 Ok(()) => Status::Ok,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("sensorgate: {e:#}");
-                    Status::Usage
+                    // Our errors carry their causes in their own message already.
+                    tracing::error!("{e}");
+                    let config_error = matches!(
+                        e.downcast_ref::<AppError>(),
+                        Some(AppError::Config(_) | AppError::Rules { .. })
+                    ) || e
+                        .downcast_ref::<sensorgate::config::ConfigError>()
+                        .is_some();
+                    if config_error {
+                        Status::Usage
+                    } else {
+                        Status::CheckFailed
+                    }
                 }
             }
         }

@@ -10,14 +10,17 @@
 //!   [`crate::telemetry::Stats`]). A removal need not be durable: a removal lost in a crash means a
 //!   duplicate delivery, never a loss.
 //! - Keys are sled's monotonic ids (`generate_id`, persisted ahead of use), so queue order is
-//!   arrival order and a key doubles as the per-gateway sequence number (`sensorgate.seq`),
-//!   increasing across restarts.
+//!   arrival order. The per-gateway sequence number sent as `sensorgate.seq` is the key plus a
+//!   base fixed when the database is created (creation time in ms × 1000), so it keeps increasing
+//!   across restarts and also across a fresh database (a wiped state directory, or a corrupt one
+//!   moved aside), as long as the clock was set when the database was created.
 //! - The byte bound counts key + value bytes of the `queue` tree only.
 //!
 //! # Trees
 //! - `queue`: seq (u64 big-endian) → record
 //! - `dlq`: dead-letter id (u64 big-endian) → record (its `meta.dead_letter` is always set)
 //! - `quarantine`: seq → raw bytes of any value that could not be decoded (never silently lost)
+//! - `meta`: `seq_base` → u64 big-endian, the sequence base (see above)
 //!
 //! # Record format (version 1)
 //! ```text
@@ -166,6 +169,7 @@ pub struct Outbox {
     queue: sled::Tree,
     dlq: sled::Tree,
     quarantine: sled::Tree,
+    seq_base: u64,
     max_bytes: u64,
     policy: WhenFull,
     fsync: bool,
@@ -217,6 +221,20 @@ impl Outbox {
             })
         };
         let (queue, dlq, quarantine) = (tree("queue")?, tree("dlq")?, tree("quarantine")?);
+        let meta = tree("meta")?;
+        let sled_err = |source| OutboxError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let seq_base = match meta.get("seq_base").map_err(sled_err)? {
+            Some(v) => seq_of(&v),
+            None => {
+                let base = crate::record::now_ms().saturating_mul(1000);
+                meta.insert("seq_base", &key(base)).map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+                base
+            }
+        };
         let mut bytes = 0u64;
         let mut depth = 0u64;
         for item in queue.iter() {
@@ -233,6 +251,7 @@ impl Outbox {
             queue,
             dlq,
             quarantine,
+            seq_base,
             max_bytes: config.max_bytes.bytes(),
             policy: config.when_full,
             fsync: config.fsync,
@@ -316,6 +335,11 @@ impl Outbox {
         }
         self.appended.notify_one();
         Ok(())
+    }
+
+    /// The `sensorgate.seq` header value for a record stored under `seq`.
+    pub fn sequence_number(&self, seq: u64) -> u64 {
+        self.seq_base.saturating_add(seq)
     }
 
     /// Waits until the publisher freed space (for the `block` policy).
@@ -516,8 +540,11 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let cfg = config(1 << 20, WhenFull::DropOldest);
         let mut seqs = Vec::new();
+        let base;
         {
             let outbox = Outbox::open(dir.path(), &cfg, stats.clone()).unwrap();
+            base = outbox.sequence_number(0);
+            assert!(base >= crate::record::now_ms() * 1000 - 60_000_000);
             for i in 0..10u8 {
                 match outbox.append(&mut record("t", &[i])).unwrap() {
                     Appended::Stored(seq) => seqs.push(seq),
@@ -536,6 +563,11 @@ mod tests {
         let next = outbox.read_after(Some(seqs[8]), 100).unwrap();
         assert_eq!(next.len(), 1);
         // Sequence numbers keep increasing across a reopen.
+        assert_eq!(
+            outbox.sequence_number(0),
+            base,
+            "the sequence base survives a reopen"
+        );
         let Appended::Stored(seq) = outbox.append(&mut record("t", b"x")).unwrap() else {
             panic!()
         };

@@ -145,10 +145,12 @@ impl Retrieve for LocalFiles {
         let file = match scheme {
             "json-schema" => self.dir.join(path.trim_start_matches('/')),
             "file" => PathBuf::from(path),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "cannot resolve `{uri}`: only files inside the schemas directory can be referenced"
             )
-            .into()),
+                .into())
+            }
         };
         if file
             .components()

@@ -115,6 +115,37 @@ impl rdkafka::producer::ProducerContext for Context {
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
+/// Creates (and drops) a producer from `config`'s `[kafka]` section, so librdkafka reports any
+/// unknown property or bad value. Nothing connects.
+pub fn producer_config_check(config: &crate::config::Config) -> Result<(), KafkaError> {
+    client_config(&config.kafka, &config.gateway.id)
+        .create::<FutureProducer>()
+        .map(drop)
+}
+
+/// The producer configuration: our defaults, then every `[kafka.properties]` entry.
+pub fn client_config(kafka: &KafkaConfig, gateway: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", format!("sensorgate-{gateway}"))
+        .set("enable.idempotence", "true")
+        .set("compression.type", kafka.compression.as_str())
+        .set("linger.ms", kafka.linger.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            kafka.message_timeout.as_millis().to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            (kafka.max_in_flight + 1000).max(100_000).to_string(),
+        );
+    for (key, value) in &kafka.properties {
+        config.set(key, value.to_string());
+    }
+    config
+}
+
 /// Drains the outbox into Kafka.
 #[derive(Debug)]
 pub struct Publisher {
@@ -152,29 +183,6 @@ impl Publisher {
         }
     }
 
-    /// The producer configuration: our defaults, then every `[kafka.properties]` entry.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("client.id", format!("sensorgate-{}", self.gateway))
-            .set("enable.idempotence", "true")
-            .set("compression.type", self.kafka.compression.as_str())
-            .set("linger.ms", self.kafka.linger.as_millis().to_string())
-            .set(
-                "message.timeout.ms",
-                self.kafka.message_timeout.as_millis().to_string(),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                (self.kafka.max_in_flight + 1000).max(100_000).to_string(),
-            );
-        for (key, value) in &self.kafka.properties {
-            config.set(key, value.to_string());
-        }
-        config
-    }
-
     /// Builds the producer; an error here is a configuration problem.
     pub fn create_producer(&self) -> Result<(), PublishError> {
         self.producer().map(drop)
@@ -182,8 +190,7 @@ impl Publisher {
 
     fn producer(&self) -> Result<(Producer, Arc<Flags>), PublishError> {
         let flags = Arc::new(Flags::default());
-        let producer = self
-            .client_config()
+        let producer = client_config(&self.kafka, &self.gateway)
             .create_with_context(Context {
                 stats: self.stats.clone(),
                 flags: flags.clone(),
@@ -353,7 +360,7 @@ impl Publisher {
         seq: u64,
         record: &Record,
     ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-        let seq_text = seq.to_string();
+        let seq_text = self.outbox.sequence_number(seq).to_string();
         let mut headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header {
                 key: "sensorgate.gateway",
