@@ -111,12 +111,18 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     let mut reader = tokio::task::block_in_place(|| {
         Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
     });
-    tokio::task::block_in_place(|| {
-        reader.read_until(LONG, "2,000 readings in Kafka", |r| r.len() >= 2_000)
-    });
-    gateway.kill9();
-    let killed_mid_stream = !finished.load(Ordering::SeqCst);
-    let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+    // Kill it three times while readings flow, restarting it each time.
+    let mut kills_mid_stream = 0;
+    for at in [2_000, 6_000, 10_000] {
+        tokio::task::block_in_place(|| {
+            reader.read_until(LONG, "readings in Kafka", |r| r.len() >= at)
+        });
+        gateway.kill9();
+        if !finished.load(Ordering::SeqCst) {
+            kills_mid_stream += 1;
+        }
+        gateway = GatewayProcess::spawn(&config, &log, "info");
+    }
 
     sensor.await.unwrap();
     tokio::task::block_in_place(|| {
@@ -134,11 +140,23 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     }
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     eprintln!(
-        "SIGKILL test: {TOTAL} readings, killed mid-stream: {killed_mid_stream}, \
+        "SIGKILL test: {TOTAL} readings, {kills_mid_stream} of 3 kills mid-stream, \
          {} records in Kafka, {duplicates} duplicates",
         reader.records.len()
     );
     assert!((0..TOTAL).all(|seq| counts.contains_key(&seq)), "zero loss");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("Starting sensorgate")
+            .count()
+            == 4,
+        "the gateway restarted after every kill"
+    );
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("corrupt"),
+        "sled opened cleanly after every kill"
+    );
     gateway.kill9();
 }
 

@@ -211,6 +211,10 @@ async fn readings_wait_in_the_outbox_while_kafka_is_down() {
     let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
 
     kafka.broker_down(-1).unwrap();
+    wait_for(LONG, "librdkafka to see every broker down", || {
+        gateway.stats().snapshot().kafka_down
+    })
+    .await;
     let messages = (0..5000u64)
         .map(|seq| {
             let device = format!("dev-{}", seq % 10);
