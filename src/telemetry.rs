@@ -17,6 +17,8 @@ pub struct Stats {
     valid: AtomicU64,
     dead_letters: [AtomicU64; Reason::ALL.len()],
     dropped: AtomicU64,
+    commits: AtomicU64,
+    committed: AtomicU64,
     delivered: AtomicU64,
     delivered_dead_letters: AtomicU64,
     delivery_failures: AtomicU64,
@@ -39,6 +41,10 @@ pub struct Snapshot {
     pub dead_letters: BTreeMap<String, u64>,
     /// Records evicted from a full outbox.
     pub dropped: u64,
+    /// Group commits (flush + fsync) of the outbox.
+    pub commits: u64,
+    /// Records those commits made durable.
+    pub committed: u64,
     /// Records Kafka confirmed (readings and dead letters).
     pub delivered: u64,
     /// Of those, dead letters sent to a DLQ topic.
@@ -85,6 +91,11 @@ impl Stats {
     /// `n` records were evicted by `drop-oldest`.
     pub fn dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Relaxed);
+    }
+    /// A group commit made `records` durable.
+    pub fn committed(&self, records: u64) {
+        self.commits.fetch_add(1, Relaxed);
+        self.committed.fetch_add(records, Relaxed);
     }
     /// Kafka confirmed a record.
     pub fn delivered(&self, dead_letter: bool) {
@@ -140,6 +151,8 @@ impl Stats {
                 })
                 .collect(),
             dropped: self.dropped.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+            committed: self.committed.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
             delivered_dead_letters: self.delivered_dead_letters.load(Relaxed),
             delivery_failures: self.delivery_failures.load(Relaxed),

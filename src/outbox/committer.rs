@@ -119,6 +119,7 @@ impl Committer {
                     tracing::info!(attempts = failures, "Outbox writes succeed again");
                     failures = 0;
                 }
+                self.outbox.stats.committed(appended.len() as u64);
                 for ack in appended.drain(..).flatten() {
                     ack();
                 }
