@@ -44,7 +44,7 @@ async fn run(total: u64, fsync: bool) {
         &kafka.bootstrap_servers(),
         &format!("fsync = {fsync}"),
     );
-    let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
+    let gateway = start_gateway(Config::load(&path).unwrap()).await;
     let messages = |range: std::ops::Range<u64>| {
         range
             .map(|seq| {

@@ -28,6 +28,10 @@ fi
 if ! command -v make >/dev/null 2>&1; then
     packages+=(make)
 fi
+# The unit file is checked with systemd-analyze.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    packages+=(systemd)
+fi
 if ((${#packages[@]} > 0)); then
     step "Installing ${packages[*]}"
     sudo=()
@@ -66,6 +70,15 @@ cargo test --all-targets 2>&1 | tee "$logs/all-targets.log"
 
 step "cargo test --doc"
 cargo test --doc 2>&1 | tee "$logs/doc.log"
+
+step "systemd-analyze verify systemd/sensorgate.service"
+# Verify a copy whose ExecStart points at the binary just built (the packaged path does not
+# exist on a build machine), and report the hardening exposure score.
+unit_dir=$(mktemp -d)
+trap 'rm -rf "$unit_dir"' EXIT
+sed "s#/usr/bin/sensorgate#$PWD/target/debug/sensorgate#g" systemd/sensorgate.service >"$unit_dir/sensorgate.service"
+systemd-analyze verify "$unit_dir/sensorgate.service"
+systemd-analyze security --offline=yes "$unit_dir/sensorgate.service" | tail -n 1
 
 step "Summary"
 grep -h -E '^(\s+Running|\s+Doc-tests|test result:)' "$logs/all-targets.log" "$logs/doc.log" \

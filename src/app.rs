@@ -20,7 +20,8 @@ use crate::outbox::committer::Committer;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{Classifier, Rules, RulesError};
 use crate::publish::{PublishError, Publisher};
-use crate::telemetry::Stats;
+use crate::telemetry::http::{self, Endpoint};
+use crate::telemetry::{notify, Stats};
 
 /// How long in-flight Kafka deliveries may take to be confirmed at shutdown.
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
@@ -55,6 +56,14 @@ pub enum AppError {
         /// What failed.
         error: MqttError,
     },
+    /// The metrics endpoint cannot listen.
+    #[error("metrics.listen {addr}: {source}")]
+    Metrics {
+        /// The configured address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A task panicked or was aborted.
     #[error("task failed: {0}")]
     Task(String),
@@ -63,11 +72,12 @@ pub enum AppError {
 /// A running gateway.
 #[derive(Debug)]
 pub struct Handle {
+    config_path: std::path::PathBuf,
     stop: CancellationToken,
     outbox: Arc<Outbox>,
     stats: Arc<Stats>,
     classifier: Arc<Classifier>,
-    supervisor: tokio::task::JoinHandle<Result<(), AppError>>,
+    supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), AppError>>>>,
 }
 
 impl Handle {
@@ -82,6 +92,44 @@ impl Handle {
     /// The classifier (for reloading rules).
     pub fn classifier(&self) -> &Arc<Classifier> {
         &self.classifier
+    }
+    /// Re-reads the configuration file and swaps in its routes and schemas (SIGHUP). The new set
+    /// is compiled and checked first; on any error the old set stays, and the error is logged
+    /// and counted. Other sections (sources, queue, Kafka) take effect at the next restart.
+    pub fn reload(&self) -> Result<(), AppError> {
+        notify::reloading();
+        let result = Config::load(&self.config_path)
+            .map_err(AppError::from)
+            .and_then(|config| {
+                let problems = config.problems();
+                if !problems.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        path: config.path.clone(),
+                        problems,
+                    }
+                    .into());
+                }
+                Rules::build(&config).map_err(|source| AppError::Rules {
+                    path: config.path.clone(),
+                    source,
+                })
+            });
+        let outcome = match result {
+            Ok(rules) => {
+                let routes = rules.router.routes().len();
+                self.classifier.replace_rules(rules);
+                self.stats.reloaded(true);
+                tracing::info!(routes, "Reloaded routes and schemas");
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.reloaded(false);
+                tracing::error!(error = %e, "Reload failed; keeping the previous routes and schemas");
+                Err(e)
+            }
+        };
+        notify::ready();
+        outcome
     }
     /// A token that stops the gateway when cancelled (for signal handlers).
     pub fn stopper(&self) -> CancellationToken {
@@ -98,9 +146,14 @@ impl Handle {
     }
     /// Waits until the gateway stopped (by [`Handle::stop`] or a failure).
     pub async fn wait(self) -> Result<(), AppError> {
-        self.supervisor
-            .await
-            .map_err(|e| AppError::Task(e.to_string()))?
+        self.finished().await
+    }
+    /// Like [`Handle::wait`] for a shared handle; only the first caller gets the outcome.
+    pub async fn finished(&self) -> Result<(), AppError> {
+        let Some(task) = self.supervisor.lock().await.take() else {
+            return Ok(());
+        };
+        task.await.map_err(|e| AppError::Task(e.to_string()))?
     }
 }
 
@@ -141,6 +194,17 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
             "[[serial]] sources are not supported by this version yet and are ignored"
         );
     }
+    let metrics = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let bind = std::net::TcpListener::bind(&config.metrics.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std);
+        Some(bind.map_err(|source| AppError::Metrics {
+            addr: config.metrics.listen.clone(),
+            source,
+        })?)
+    };
     let stop = CancellationToken::new();
     let queued = outbox.stats();
     tracing::info!(
@@ -152,6 +216,16 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         routes = config.routes.len(),
         "Starting sensorgate"
     );
+    if let Some(listener) = metrics {
+        let endpoint = Arc::new(Endpoint {
+            stats: stats.clone(),
+            outbox: outbox.clone(),
+            policy: config.queue.when_full,
+        });
+        tracing::info!(listen = %config.metrics.listen, "Serving /metrics, /healthz and /readyz");
+        tokio::spawn(http::serve(listener, endpoint, stop.clone()));
+    }
+    let config_path = config.path.clone();
     let supervisor = tokio::spawn(supervise(
         config,
         outbox.clone(),
@@ -161,11 +235,12 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         stop.clone(),
     ));
     Ok(Handle {
+        config_path,
         stop,
         outbox,
         stats,
         classifier,
-        supervisor,
+        supervisor: tokio::sync::Mutex::new(Some(supervisor)),
     })
 }
 
@@ -202,6 +277,14 @@ async fn supervise(
         });
     }
     drop(submit);
+    // The outbox is open and every source has started.
+    notify::ready();
+    let notify_stop = CancellationToken::new();
+    tokio::spawn(notify::run(
+        stats.clone(),
+        outbox.clone(),
+        notify_stop.clone(),
+    ));
 
     let mut failure: Option<AppError> = None;
     let mut publisher_done = false;
@@ -226,6 +309,7 @@ async fn supervise(
     if let Some(e) = &failure {
         tracing::error!(error = %e, "A pipeline task failed; shutting down");
     }
+    notify::stopping();
 
     ingest_stop.cancel();
     let ingest_done = async {
@@ -250,6 +334,7 @@ async fn supervise(
             Ok(Ok(())) => {}
         }
     }
+    notify_stop.cancel();
     outbox.flush()?;
     let left = outbox.stats();
     tracing::info!(outbox_depth = left.depth, "Stopped");

@@ -68,6 +68,9 @@ pub struct GatewayConfig {
     /// Holds the JSON Schema files that routes name.
     #[serde(default = "default_schemas_dir")]
     pub schemas_dir: PathBuf,
+    /// Log filter when `RUST_LOG` is not set, e.g. "info" or "sensorgate=debug,info".
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
 }
 
 impl Default for GatewayConfig {
@@ -76,8 +79,13 @@ impl Default for GatewayConfig {
             id: default_gateway_id(),
             state_dir: default_state_dir(),
             schemas_dir: default_schemas_dir(),
+            log_level: default_log_level(),
         }
     }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
 }
 
 fn default_gateway_id() -> String {
@@ -537,6 +545,26 @@ impl Config {
 
         if self.gateway.id.trim().is_empty() {
             p("gateway.id".into(), "must not be empty".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.gateway.log_level).is_err() {
+            p(
+                "gateway.log_level".into(),
+                format!(
+                    "`{}` is not a log filter (e.g. \"info\", \"sensorgate=debug,warn\")",
+                    self.gateway.log_level
+                ),
+            );
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p(
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not an address:port (e.g. \"127.0.0.1:9898\"; empty disables)",
+                    self.metrics.listen
+                ),
+            );
         }
         if self.queue.max_bytes.bytes() < 64 << 10 {
             p(

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use sensorgate::app::AppError;
 use sensorgate::cli::{self, Status};
 use sensorgate::config::{Config, DEFAULT_PATH};
+use sensorgate::telemetry::logging;
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,30 +47,40 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn run(config: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&config)?;
-    let handle = sensorgate::app::start(config)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    let stopper = handle.stopper();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    let config = match Config::load(&config) {
+        Ok(config) => config,
+        Err(e) => {
+            logging::init("info");
+            return Err(e.into());
         }
-        stopper.cancel();
-    });
+    };
+    logging::init(&config.gateway.log_level);
+    let handle = Arc::new(sensorgate::app::start(config)?);
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let signals = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                    _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT received"); break }
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: reloading routes and schemas");
+                        // A failed reload is logged and counted; the old rules stay.
+                        let _ = handle.reload();
+                    }
+                }
+            }
+            handle.stop();
+        })
+    };
     // Returns after a signal, or earlier when a pipeline task fails.
-    handle.wait().await?;
+    let result = handle.finished().await;
+    signals.abort();
+    result?;
     Ok(())
 }
 
@@ -76,7 +88,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let status = match cli.command {
         Command::Run { config } => {
-            init_logging();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

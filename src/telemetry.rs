@@ -1,6 +1,17 @@
 //! Counters and gauges of everything the gateway does, kept in one place so every observable
-//! number has one name. Sources, the outbox and the publisher update [`Stats`]; the CLI, logs and
-//! (later) the metrics endpoint read a [`Snapshot`].
+//! number has one name. Sources, the outbox and the publisher update [`Stats`]; the CLI, logs,
+//! sd_notify status and the metrics endpoint read a [`Snapshot`].
+//!
+//! - `prometheus.rs` owns every metric name and renders the text exposition;
+//! - `http.rs` serves `/metrics`, `/healthz` and `/readyz`;
+//! - `notify.rs` speaks sd_notify (READY, STATUS, WATCHDOG, STOPPING) and runs the watchdog,
+//!   which pings only while the pipeline's tasks show progress;
+//! - `logging.rs` sends logs to the journal (structured fields) or to stderr.
+
+pub mod http;
+pub mod logging;
+pub mod notify;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -28,10 +39,113 @@ pub struct Stats {
     kafka_down: AtomicBool,
     circuit_open: AtomicBool,
     last_delivery_ms: AtomicU64,
+    /// Per-topic delivery counters and per-source connection state (see `record_*` methods).
+    detail: Mutex<Detail>,
+    publish_latency: Histogram,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Liveness of the pipeline's tasks, read by the watchdog.
+    pub heartbeats: Heartbeats,
+}
+
+#[derive(Debug, Default)]
+struct Detail {
+    deliveries: BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
+    reconnects: BTreeMap<String, u64>,
+    sources_up: BTreeMap<String, bool>,
+}
+
+/// Upper bounds (seconds) of the publish latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+];
+
+/// A fixed-bucket histogram of seconds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, value: std::time::Duration) {
+        let secs = value.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(value.as_micros() as u64, Relaxed);
+    }
+
+    /// Cumulative bucket counts, total count and sum in seconds.
+    pub fn read(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                running += b.load(Relaxed);
+                running
+            })
+            .collect();
+        HistogramSnapshot {
+            cumulative,
+            count: self.count.load(Relaxed),
+            sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A histogram's contents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HistogramSnapshot {
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
+    pub cumulative: Vec<u64>,
+    /// Observations.
+    pub count: u64,
+    /// Their sum.
+    pub sum_seconds: f64,
+}
+
+/// When the publisher last went round its loop, and since when the committer has been busy
+/// with one batch (0 = idle). Milliseconds since the epoch.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    /// The publisher's last loop iteration.
+    pub publisher_ms: AtomicU64,
+    /// Start of the committer's current batch, or 0.
+    pub committer_busy_since_ms: AtomicU64,
+}
+
+impl Heartbeats {
+    /// The publisher went round its loop.
+    pub fn publisher_beat(&self) {
+        self.publisher_ms.store(crate::record::now_ms(), Relaxed);
+    }
+    /// The committer started (true) or finished (false) a batch.
+    pub fn committer_busy(&self, busy: bool) {
+        let value = if busy { crate::record::now_ms() } else { 0 };
+        self.committer_busy_since_ms.store(value, Relaxed);
+    }
+    /// The oldest sign of life, in milliseconds before `now_ms`: the publisher's last beat, or
+    /// how long the committer has been stuck in one batch.
+    pub fn stalled_for_ms(&self, now_ms: u64) -> u64 {
+        let publisher = now_ms.saturating_sub(self.publisher_ms.load(Relaxed));
+        let busy = self.committer_busy_since_ms.load(Relaxed);
+        let committer = if busy == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(busy)
+        };
+        publisher.max(committer)
+    }
 }
 
 /// A consistent-enough copy of [`Stats`] for display and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     /// Readings received, by source.
     pub received: BTreeMap<String, u64>,
@@ -61,8 +175,31 @@ pub struct Snapshot {
     pub kafka_down: bool,
     /// Whether the publisher is waiting out a backoff (circuit open).
     pub circuit_open: bool,
+    /// Deliveries confirmed, by topic.
+    pub deliveries_by_topic: BTreeMap<String, u64>,
+    /// Transient delivery failures, by topic.
+    pub failures_by_topic: BTreeMap<String, u64>,
+    /// Connection losses, by source.
+    pub reconnects_by_source: BTreeMap<String, u64>,
+    /// Whether each source is connected (MQTT) or open (serial).
+    pub sources_up: BTreeMap<String, bool>,
+    /// Time from handing a record to librdkafka to Kafka's confirmation.
+    pub publish_latency: HistogramSnapshot,
+    /// Successful SIGHUP reloads.
+    pub reloads_ok: u64,
+    /// Failed SIGHUP reloads (the previous rules stayed).
+    pub reloads_failed: u64,
     /// When Kafka last confirmed a delivery (ms since the epoch, 0 = never).
     pub last_delivery_ms: u64,
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
+    }
 }
 
 fn reason_index(reason: Reason) -> usize {
@@ -72,13 +209,10 @@ fn reason_index(reason: Reason) -> usize {
 impl Stats {
     /// A reading arrived from `source`.
     pub fn received(&self, source: &str) {
-        let mut map = self.received.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(source) {
-            Some(n) => *n += 1,
-            None => {
-                map.insert(source.to_owned(), 1);
-            }
-        }
+        bump(
+            &mut self.received.lock().unwrap_or_else(|e| e.into_inner()),
+            source,
+        );
     }
     /// A reading passed validation.
     pub fn valid(&self) {
@@ -97,8 +231,13 @@ impl Stats {
         self.commits.fetch_add(1, Relaxed);
         self.committed.fetch_add(records, Relaxed);
     }
-    /// Kafka confirmed a record.
-    pub fn delivered(&self, dead_letter: bool) {
+    fn detail(&self) -> std::sync::MutexGuard<'_, Detail> {
+        self.detail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Kafka confirmed a record on `topic`, `latency` after it was handed to librdkafka.
+    pub fn delivered(&self, topic: &str, dead_letter: bool, latency: std::time::Duration) {
+        bump(&mut self.detail().deliveries, topic);
+        self.publish_latency.observe(latency);
         self.delivered.fetch_add(1, Relaxed);
         if dead_letter {
             self.delivered_dead_letters.fetch_add(1, Relaxed);
@@ -106,8 +245,9 @@ impl Stats {
         self.last_delivery_ms
             .store(crate::record::now_ms(), Relaxed);
     }
-    /// A delivery failed transiently.
-    pub fn delivery_failed(&self) {
+    /// A delivery to `topic` failed transiently.
+    pub fn delivery_failed(&self, topic: &str) {
+        bump(&mut self.detail().failures, topic);
         self.delivery_failures.fetch_add(1, Relaxed);
     }
     /// A retry round starts.
@@ -118,8 +258,10 @@ impl Stats {
     pub fn producer_restarted(&self) {
         self.producer_restarts.fetch_add(1, Relaxed);
     }
-    /// An MQTT connection was lost.
-    pub fn mqtt_reconnect(&self) {
+    /// The MQTT connection of `source` was lost.
+    pub fn mqtt_reconnect(&self, source: &str) {
+        bump(&mut self.detail().reconnects, source);
+        self.source_up(source, false);
         self.mqtt_reconnects.fetch_add(1, Relaxed);
     }
     /// librdkafka reported all brokers down (true) or a delivery succeeded (false).
@@ -127,6 +269,18 @@ impl Stats {
         self.kafka_down.store(down, Relaxed);
     }
 
+    /// A source connected (true) or lost its connection or device (false).
+    pub fn source_up(&self, source: &str, up: bool) {
+        self.detail().sources_up.insert(source.to_owned(), up);
+    }
+    /// A SIGHUP reload succeeded (true) or failed and kept the old rules (false).
+    pub fn reloaded(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Relaxed);
+        }
+    }
     /// The publisher's circuit opened (true) or closed.
     pub fn set_circuit_open(&self, open: bool) {
         self.circuit_open.store(open, Relaxed);
@@ -134,6 +288,8 @@ impl Stats {
 
     /// Copies every counter.
     pub fn snapshot(&self) -> Snapshot {
+        // One guard for the whole copy: taking the lock per field would deadlock.
+        let detail = self.detail();
         Snapshot {
             received: self
                 .received
@@ -162,6 +318,13 @@ impl Stats {
             kafka_down: self.kafka_down.load(Relaxed),
             circuit_open: self.circuit_open.load(Relaxed),
             last_delivery_ms: self.last_delivery_ms.load(Relaxed),
+            deliveries_by_topic: detail.deliveries.clone(),
+            failures_by_topic: detail.failures.clone(),
+            reconnects_by_source: detail.reconnects.clone(),
+            sources_up: detail.sources_up.clone(),
+            publish_latency: self.publish_latency.read(),
+            reloads_ok: self.reloads_ok.load(Relaxed),
+            reloads_failed: self.reloads_failed.load(Relaxed),
         }
     }
 }

@@ -185,7 +185,7 @@ fn sigterm_stops_the_daemon_cleanly() {
             .contains(needle)
     };
     wait_until(Duration::from_secs(60), "the daemon to subscribe", || {
-        logged("subscribing")
+        logged("Subscribed")
     });
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -57,6 +57,12 @@ impl GatewayProcess {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- gateway log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -72,7 +78,7 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     let mut gateway = GatewayProcess::spawn(&config, &log, "info");
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the gateway to subscribe", || {
-            gateway.log_count("subscribing") >= 1
+            gateway.log_count("Subscribed") >= 1
         })
     });
 
@@ -176,7 +182,7 @@ async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker()
     let mut gateway = GatewayProcess::spawn(&config, &log, "sensorgate=trace,info");
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the gateway to subscribe", || {
-            gateway.log_count("subscribing") >= 1
+            gateway.log_count("Subscribed") >= 1
         })
     });
 

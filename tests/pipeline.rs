@@ -25,7 +25,7 @@ async fn readings_reach_kafka_in_order_and_bad_ones_become_dead_letters() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
-    let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
+    let gateway = start_gateway(Config::load(&path).unwrap()).await;
 
     // 8 devices × 125 valid readings, interleaved; 50 schema violations; 5 non-JSON (one of
     // them bad UTF-8); 5 on a topic no route matches; 1 over the 1 KiB payload limit.
@@ -208,7 +208,7 @@ async fn readings_wait_in_the_outbox_while_kafka_is_down() {
     let kafka = kafka(&["sensors.readings"]);
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
-    let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
+    let gateway = start_gateway(Config::load(&path).unwrap()).await;
 
     kafka.broker_down(-1).unwrap();
     wait_for(LONG, "librdkafka to see every broker down", || {

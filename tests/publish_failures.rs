@@ -40,7 +40,7 @@ async fn a_record_kafka_refuses_permanently_becomes_a_publish_rejected_dead_lett
         &kafka.bootstrap_servers(),
         "message_timeout = \"120s\"\n[kafka.properties]\n\"message.max.bytes\" = 1000",
     );
-    let gateway = sensorgate::app::start(config).unwrap();
+    let gateway = start_gateway(config).await;
 
     let big = format!(
         r#"{{"device_id":"d-big","seq":1,"temperature_c":20,"note":"{}"}}"#,
@@ -89,7 +89,7 @@ async fn a_broker_refusal_on_delivery_is_dead_lettered_and_every_reading_stays_a
         &kafka.bootstrap_servers(),
         "message_timeout = \"120s\"\n[kafka.properties]\n\"topic.metadata.refresh.interval.ms\" = 500",
     );
-    let gateway = sensorgate::app::start(config).unwrap();
+    let gateway = start_gateway(config).await;
 
     // The next produce request is refused as unauthorized.
     kafka.request_errors(
@@ -154,7 +154,7 @@ async fn timed_out_deliveries_are_retried_from_the_outbox_until_kafka_is_back() 
         &kafka.bootstrap_servers(),
         "message_timeout = \"1s\"",
     );
-    let gateway = sensorgate::app::start(config).unwrap();
+    let gateway = start_gateway(config).await;
 
     kafka.broker_down(-1).unwrap();
     wait_for(LONG, "librdkafka to see every broker down", || {

@@ -188,6 +188,7 @@ impl MqttSource {
         };
         tracing::info!(source = %name, url = %self.config.url, client_id = %self.client_id, "Connecting to MQTT broker");
 
+        self.stats.source_up(&name, false);
         let mut failures = 0u32;
         let mut delay = Duration::from_millis(200);
         loop {
@@ -203,6 +204,7 @@ impl MqttSource {
                     failures = 0;
                     delay = Duration::from_millis(200);
                     if ack.session_present {
+                        self.stats.source_up(&name, true);
                         tracing::info!(source = %name, "MQTT session resumed");
                     } else {
                         let filters =
@@ -221,7 +223,11 @@ impl MqttSource {
                         .iter()
                         .any(|c| matches!(c, SubscribeReasonCode::Failure))
                     {
+                        self.stats.source_up(&name, false);
                         tracing::error!(source = %name, codes = ?ack.return_codes, "MQTT broker refused a subscription");
+                    } else {
+                        self.stats.source_up(&name, true);
+                        tracing::info!(source = %name, "Subscribed");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -249,7 +255,7 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
-                    self.stats.mqtt_reconnect();
+                    self.stats.mqtt_reconnect(&name);
                     if failures == 1 {
                         tracing::warn!(source = %name, error = %e, "MQTT connection failed; reconnecting with backoff");
                     } else {
@@ -288,6 +294,7 @@ impl MqttSource {
         {
             tracing::warn!(source = %name, "Timed out flushing MQTT acknowledgements; the broker will redeliver");
         }
+        self.stats.source_up(&name, false);
         tracing::info!(source = %name, "MQTT source stopped");
         Ok(())
     }

@@ -79,7 +79,9 @@ impl Committer {
                     _ = sleep_until(deadline) => break,
                 }
             }
+            self.outbox.stats.heartbeats.committer_busy(true);
             self.store(std::mem::take(&mut batch)).await;
+            self.outbox.stats.heartbeats.committer_busy(false);
             if closed {
                 return;
             }
@@ -142,7 +144,9 @@ impl Committer {
                     );
                 }
                 // The notification can race with the check; the timeout makes that harmless.
+                // Waiting for room is legitimate, not a stall: keep the watchdog fed.
                 let _ = timeout(Duration::from_millis(500), self.outbox.wait_for_room()).await;
+                self.outbox.stats.heartbeats.committer_busy(true);
             }
         }
     }
@@ -156,6 +160,9 @@ impl Committer {
                 "Cannot write the outbox (disk full or failing?); readings stay unacknowledged and will be retried"
             );
         }
+        // A failing disk that answers is not a stall: do not starve the watchdog while waiting.
+        self.outbox.stats.heartbeats.committer_busy(false);
         tokio::time::sleep(delay).await;
+        self.outbox.stats.heartbeats.committer_busy(true);
     }
 }

@@ -146,6 +146,16 @@ pub fn client_config(kafka: &KafkaConfig, gateway: &str) -> ClientConfig {
     config
 }
 
+/// Debug builds only: a file whose presence wedges the publisher (`SENSORGATE_TEST_STALL_FILE`),
+/// so tests can show that a stuck task stops the systemd watchdog.
+fn test_stall_file() -> Option<std::path::PathBuf> {
+    if cfg!(debug_assertions) {
+        std::env::var_os("SENSORGATE_TEST_STALL_FILE").map(Into::into)
+    } else {
+        None
+    }
+}
+
 /// Drains the outbox into Kafka.
 #[derive(Debug)]
 pub struct Publisher {
@@ -209,8 +219,17 @@ impl Publisher {
         let mut circuit = Circuit::Closed;
         let mut rewind = false;
         let mut deadline: Option<Instant> = None;
+        let stall = test_stall_file();
 
         loop {
+            self.stats.heartbeats.publisher_beat();
+            if let Some(file) = &stall {
+                if file.exists() {
+                    // Debug builds only: wedge this task for the watchdog test.
+                    tracing::warn!("Test stall file present: the publisher blocks");
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             if deadline.is_none() && stop.is_cancelled() {
                 deadline = Some(Instant::now() + grace);
             }
@@ -225,7 +244,8 @@ impl Publisher {
                     match self.send(&producer, seq, &record) {
                         Ok(delivery) => {
                             cursor = Some(seq);
-                            inflight.push(async move { (seq, record, delivery.await) });
+                            let sent = Instant::now();
+                            inflight.push(async move { (seq, record, sent, delivery.await) });
                         }
                         Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                             break
@@ -263,9 +283,14 @@ impl Publisher {
                             "Kafka deliveries are failing; retrying from the outbox after a backoff"
                         );
                     }
-                    tokio::select! {
-                        _ = sleep(delay) => {}
-                        _ = stop.cancelled() => {}
+                    // Sleep in short steps so the watchdog sees a live task during long backoffs.
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until && !stop.is_cancelled() {
+                        self.stats.heartbeats.publisher_beat();
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until.min(Instant::now() + Duration::from_secs(1))) => {}
+                            _ = stop.cancelled() => {}
+                        }
                     }
                     if flags.fatal.load(Ordering::SeqCst) {
                         drop(producer);
@@ -302,15 +327,21 @@ impl Publisher {
                 None => tokio::select! {
                     next = inflight.next() => next,
                     _ = stop.cancelled() => continue,
+                    // Waiting on Kafka is legitimate: go round the loop to show we are alive.
+                    _ = sleep(Duration::from_secs(1)) => continue,
                 },
             };
-            let Some((seq, record, result)) = settled else {
+            let Some((seq, record, sent, result)) = settled else {
                 continue;
             };
             match result {
                 Ok(Ok(_delivery)) => {
                     self.outbox.remove(&[seq])?;
-                    self.stats.delivered(record.meta.dead_letter.is_some());
+                    self.stats.delivered(
+                        &record.meta.kafka_topic,
+                        record.meta.dead_letter.is_some(),
+                        sent.elapsed(),
+                    );
                     if flags.down.swap(false, Ordering::SeqCst) {
                         tracing::info!("Kafka is reachable again");
                     }
@@ -327,13 +358,13 @@ impl Publisher {
                 Ok(Err((e, _))) => match classify(&e) {
                     Failure::Permanent => self.rejected(seq, record, &e)?,
                     Failure::Transient | Failure::Fatal => {
-                        self.stats.delivery_failed();
+                        self.stats.delivery_failed(&record.meta.kafka_topic);
                         tracing::debug!(seq, error = %e, "Delivery failed; will retry from the outbox");
                         rewind = true;
                     }
                 },
                 Err(_canceled) => {
-                    self.stats.delivery_failed();
+                    self.stats.delivery_failed(&record.meta.kafka_topic);
                     rewind = true;
                 }
             }

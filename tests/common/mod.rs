@@ -63,7 +63,18 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// Starts mosquitto on a free port; retries with another port if the one picked was taken
+    /// between choosing it and mosquitto binding it (another test's broker, say).
     pub fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(broker) = Self::try_start() {
+                return broker;
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
+    fn try_start() -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -76,20 +87,31 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let child = Command::new(mosquitto_binary())
+        let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("mosquitto must be installed (scripts/test.sh installs it)");
-        wait_until(Duration::from_secs(10), "mosquitto to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Self {
-            port,
-            child,
-            _dir: dir,
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Our own child must be the one listening: if it exited, the port was taken.
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self {
+                    port,
+                    child,
+                    _dir: dir,
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -231,7 +253,9 @@ pub fn write_config(dir: &Path, mqtt_url: &str, brokers: &str, extra_queue: &str
     std::fs::create_dir_all(&schemas).unwrap();
     std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA).unwrap();
     let path = dir.join("sensorgate.toml");
-    let client_id = format!("sensorgate-test-{}", free_port());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let client_id = format!("sensorgate-test-{}-{n}", std::process::id());
     std::fs::write(
         &path,
         format!(
@@ -259,6 +283,9 @@ url = "{mqtt_url}"
 client_id = "{client_id}"
 topics = ["sensors/#"]
 max_payload = "1KiB"
+
+[metrics]
+listen = ""
 
 [[route]]
 source = "local"
@@ -369,4 +396,17 @@ pub fn init_logging() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// Starts a gateway in process and waits until its MQTT source `local` has subscribed, so no
+/// reading published afterwards can be dropped by the broker for want of a subscriber.
+pub async fn start_gateway(config: sensorgate::config::Config) -> sensorgate::app::Handle {
+    let gateway = sensorgate::app::start(config).expect("gateway starts");
+    wait_for(
+        Duration::from_secs(60),
+        "the MQTT source to subscribe",
+        || gateway.stats().snapshot().sources_up.get("local") == Some(&true),
+    )
+    .await;
+    gateway
 }

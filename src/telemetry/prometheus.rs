@@ -1,0 +1,301 @@
+//! Every metric name, and the Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
+//! Names are prefixed `sensorgate_`, carry their unit, and counters end in `_total`.
+
+use std::fmt::Write;
+
+use super::{Snapshot, LATENCY_BUCKETS};
+use crate::outbox::QueueStats;
+
+/// What the exposition needs besides the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    /// Outbox depth, bytes, oldest record, DLQ size.
+    pub queue: QueueStats,
+    /// Now, in ms since the epoch (for ages).
+    pub now_ms: u64,
+    /// The outbox policy, for the drop counter's label.
+    pub policy: &'static str,
+}
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    fn value(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.head(name, kind, help);
+        self.value(name, &[], value);
+    }
+    fn map<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a String, u64)>,
+    ) {
+        self.head(name, kind, help);
+        for (key, value) in values {
+            self.value(name, &[(label, key)], value);
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every metric.
+pub fn render(s: &Snapshot, g: &Gauges) -> String {
+    let mut o = Out(String::with_capacity(4096));
+    o.head("sensorgate_build_info", "gauge", "Build information.");
+    o.value(
+        "sensorgate_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+
+    o.map(
+        "sensorgate_readings_received_total",
+        "counter",
+        "Readings received, by source.",
+        "source",
+        s.received.iter().map(|(k, v)| (k, *v)),
+    );
+    o.single(
+        "sensorgate_readings_valid_total",
+        "counter",
+        "Readings that passed validation.",
+        s.valid,
+    );
+    o.map(
+        "sensorgate_dead_letters_total",
+        "counter",
+        "Dead letters, by reason.",
+        "reason",
+        s.dead_letters.iter().map(|(k, v)| (k, *v)),
+    );
+
+    o.single(
+        "sensorgate_outbox_records",
+        "gauge",
+        "Records waiting in the outbox.",
+        g.queue.depth,
+    );
+    o.single(
+        "sensorgate_outbox_bytes",
+        "gauge",
+        "Bytes of the records waiting in the outbox.",
+        g.queue.bytes,
+    );
+    let age = g
+        .queue
+        .oldest_received_ms
+        .map_or(0.0, |ms| g.now_ms.saturating_sub(ms) as f64 / 1000.0);
+    o.single(
+        "sensorgate_outbox_oldest_record_age_seconds",
+        "gauge",
+        "Age of the oldest record waiting in the outbox (0 when empty).",
+        age,
+    );
+    o.head(
+        "sensorgate_outbox_dropped_total",
+        "counter",
+        "Records evicted from a full outbox, by policy.",
+    );
+    o.value(
+        "sensorgate_outbox_dropped_total",
+        &[("policy", g.policy)],
+        s.dropped,
+    );
+    o.single(
+        "sensorgate_outbox_commits_total",
+        "counter",
+        "Group commits of the outbox.",
+        s.commits,
+    );
+    o.single(
+        "sensorgate_outbox_committed_records_total",
+        "counter",
+        "Records made durable by group commits.",
+        s.committed,
+    );
+    o.single(
+        "sensorgate_dlq_entries",
+        "gauge",
+        "Entries in the local dead-letter store.",
+        g.queue.dead_letters,
+    );
+
+    o.map(
+        "sensorgate_kafka_deliveries_total",
+        "counter",
+        "Records Kafka confirmed, by topic.",
+        "topic",
+        s.deliveries_by_topic.iter().map(|(k, v)| (k, *v)),
+    );
+    o.map(
+        "sensorgate_kafka_delivery_failures_total",
+        "counter",
+        "Transient delivery failures (retried from the outbox), by topic.",
+        "topic",
+        s.failures_by_topic.iter().map(|(k, v)| (k, *v)),
+    );
+    o.head(
+        "sensorgate_kafka_publish_latency_seconds",
+        "histogram",
+        "Time from handing a record to librdkafka to Kafka's confirmation.",
+    );
+    let h = &s.publish_latency;
+    for (bound, count) in LATENCY_BUCKETS.iter().zip(&h.cumulative) {
+        o.value(
+            "sensorgate_kafka_publish_latency_seconds_bucket",
+            &[("le", &bound.to_string())],
+            count,
+        );
+    }
+    o.value(
+        "sensorgate_kafka_publish_latency_seconds_bucket",
+        &[("le", "+Inf")],
+        h.count,
+    );
+    o.value(
+        "sensorgate_kafka_publish_latency_seconds_sum",
+        &[],
+        h.sum_seconds,
+    );
+    o.value(
+        "sensorgate_kafka_publish_latency_seconds_count",
+        &[],
+        h.count,
+    );
+    o.single(
+        "sensorgate_kafka_retries_total",
+        "counter",
+        "Retry rounds after a backoff.",
+        s.retries,
+    );
+    o.single(
+        "sensorgate_kafka_circuit_open",
+        "gauge",
+        "1 while the publisher waits out a backoff after failures.",
+        u8::from(s.circuit_open),
+    );
+    o.single(
+        "sensorgate_kafka_up",
+        "gauge",
+        "0 while librdkafka reports every broker down.",
+        u8::from(!s.kafka_down),
+    );
+    o.single(
+        "sensorgate_kafka_producer_restarts_total",
+        "counter",
+        "Producers recreated after a fatal error.",
+        s.producer_restarts,
+    );
+    o.single(
+        "sensorgate_kafka_last_delivery_timestamp_seconds",
+        "gauge",
+        "When Kafka last confirmed a record (0 = never).",
+        s.last_delivery_ms as f64 / 1000.0,
+    );
+
+    o.map(
+        "sensorgate_source_reconnects_total",
+        "counter",
+        "Connection (MQTT) or device (serial) losses, by source.",
+        "source",
+        s.reconnects_by_source.iter().map(|(k, v)| (k, *v)),
+    );
+    o.map(
+        "sensorgate_source_up",
+        "gauge",
+        "1 while a source is connected or its device is open.",
+        "source",
+        s.sources_up.iter().map(|(k, v)| (k, u64::from(*v))),
+    );
+    o.head(
+        "sensorgate_schema_reloads_total",
+        "counter",
+        "SIGHUP reloads of routes and schemas, by result.",
+    );
+    o.value(
+        "sensorgate_schema_reloads_total",
+        &[("result", "ok")],
+        s.reloads_ok,
+    );
+    o.value(
+        "sensorgate_schema_reloads_total",
+        &[("result", "failed")],
+        s.reloads_failed,
+    );
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Reason;
+    use crate::telemetry::Stats;
+    use std::time::Duration;
+
+    #[test]
+    fn exposition_has_every_family_once_with_labels() {
+        let stats = Stats::default();
+        stats.received("local");
+        stats.valid();
+        stats.dead_letter(Reason::Schema);
+        stats.delivered("sensors.readings", false, Duration::from_millis(3));
+        stats.source_up("local", true);
+        let text = render(
+            &stats.snapshot(),
+            &Gauges {
+                queue: QueueStats::default(),
+                now_ms: 0,
+                policy: "drop-oldest",
+            },
+        );
+        assert!(text.contains("sensorgate_readings_received_total{source=\"local\"} 1\n"));
+        assert!(text.contains("sensorgate_dead_letters_total{reason=\"schema\"} 1\n"));
+        assert!(text.contains("sensorgate_kafka_deliveries_total{topic=\"sensors.readings\"} 1\n"));
+        assert!(text.contains("sensorgate_kafka_publish_latency_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("sensorgate_kafka_publish_latency_seconds_bucket{le=\"0.0025\"} 0\n"));
+        let mut families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        let total = families.len();
+        families.sort();
+        families.dedup();
+        assert_eq!(families.len(), total, "each family declared once");
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split(' ').nth(2).unwrap();
+            let kind = line.split(' ').nth(3).unwrap();
+            assert!(name.starts_with("sensorgate_"));
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{name}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
