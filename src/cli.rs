@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod simulate;
+pub mod tail;
 pub mod validate;
 
 /// Process exit statuses of the command line.

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{ArgGroup, Parser, Subcommand};
 use sensorgate::app::AppError;
 use sensorgate::cli::simulate::{SimulateOptions, Target, Until};
+use sensorgate::cli::tail::{TailOptions, DEFAULT_GROUP};
 use sensorgate::cli::{self, Status};
 use sensorgate::config::units::parse_duration;
 use sensorgate::config::{Config, DEFAULT_PATH};
@@ -83,7 +84,38 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Consume Kafka topics and print each record, or aggregate per device with --stats.
+    Tail {
+        /// Kafka bootstrap servers, e.g. localhost:9092.
+        #[arg(long, value_name = "B")]
+        brokers: String,
+        /// Topic to consume (repeat for several).
+        #[arg(long, value_name = "T", required = true)]
+        topic: Vec<String>,
+        /// Consumer group; its committed offsets say where to resume.
+        #[arg(long, value_name = "G", default_value = DEFAULT_GROUP)]
+        group: String,
+        /// Start at the earliest offset when the group has no committed offset yet.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Aggregate per device (count, rate, numeric fields, seq gaps) and per dead-letter
+        /// reason; print the table every 5 s and at exit.
+        #[arg(long)]
+        stats: bool,
+        /// Exit after this many records.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Exit after this long without a record (e.g. "10s").
+        #[arg(long, value_name = "D", value_parser = parse_duration)]
+        idle_exit: Option<Duration>,
+        /// A librdkafka consumer property, e.g. -X security.protocol=SSL (repeatable).
+        #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+    },
 }
+
+/// How often `tail --stats` prints the table while running.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -91,6 +123,15 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "`{text}` is not a rate (readings per second, 0 = as fast as possible)"
         )),
+    }
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
     }
 }
 
@@ -242,6 +283,38 @@ fn main() -> ExitCode {
                 Ok(_) => Status::CheckFailed,
                 Err(e) => {
                     eprintln!("sensorgate simulate: {e}");
+                    Status::CheckFailed
+                }
+            }
+        }
+        Command::Tail {
+            brokers,
+            topic,
+            group,
+            from_beginning,
+            stats,
+            count,
+            idle_exit,
+            properties,
+        } => {
+            init_logging();
+            let options = TailOptions {
+                brokers,
+                topics: topic,
+                group,
+                from_beginning,
+                stats,
+                count,
+                idle_exit,
+                stats_every: STATS_EVERY,
+                properties,
+            };
+            match run_tool(|stop| async move {
+                cli::tail::run(&options, &mut std::io::stdout(), stop).await
+            }) {
+                Ok(_) => Status::Ok,
+                Err(e) => {
+                    eprintln!("sensorgate tail: {e}");
                     Status::CheckFailed
                 }
             }
