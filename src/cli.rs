@@ -2,6 +2,8 @@
 //! prints for an operator; `main.rs` only parses arguments and dispatches.
 
 pub mod check_config;
+pub mod simulate;
+pub mod tail;
 pub mod validate;
 
 /// Process exit statuses of the command line.

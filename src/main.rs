@@ -1,16 +1,22 @@
 //! The `sensorgate` binary: argument parsing, logging set-up and exit codes; everything else
 //! lives in the library.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use sensorgate::app::AppError;
+use sensorgate::cli::simulate::{SimulateOptions, Target, Until};
+use sensorgate::cli::tail::{TailOptions, DEFAULT_GROUP};
 use sensorgate::cli::{self, Status};
+use sensorgate::config::units::parse_duration;
 use sensorgate::config::{Config, DEFAULT_PATH};
 use sensorgate::telemetry::logging;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +51,97 @@ enum Command {
         /// Documents to validate; `-` or none reads standard input.
         files: Vec<String>,
     },
+    /// Simulated sensors: publish readings to an MQTT broker (QoS 1) or write them to a
+    /// serial device; doubles as a load generator.
+    #[command(group(ArgGroup::new("target").required(true).args(["mqtt", "serial"])))]
+    Simulate {
+        /// Broker URL, e.g. mqtt://127.0.0.1:1883.
+        #[arg(long, value_name = "URL")]
+        mqtt: Option<String>,
+        /// Serial device or pty to write JSON lines to (it must exist).
+        #[arg(long, value_name = "PATH")]
+        serial: Option<PathBuf>,
+        /// Number of devices (dev-0001, dev-0002, ...).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        devices: u32,
+        /// Readings per second over all devices; 0 = as fast as possible.
+        #[arg(long, value_name = "R", value_parser = parse_rate)]
+        rate: f64,
+        /// Share of invalid readings, 0 to 1 (temperature as a string, no device_id, not JSON).
+        #[arg(long, value_name = "X", default_value_t = 0.0, value_parser = parse_ratio)]
+        invalid_ratio: f64,
+        /// Stop after this long (e.g. "30s"); without --duration or --count, run until Ctrl-C.
+        #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "count")]
+        duration: Option<Duration>,
+        /// Stop after this many readings in total.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Topics are <prefix>/<device_id>/reading.
+        #[arg(long, default_value = "sensors")]
+        topic_prefix: String,
+        /// MQTT client id (default: sensorgate-simulate-<pid>).
+        #[arg(long, value_name = "ID")]
+        client_id: Option<String>,
+        /// Random seed, for a reproducible run.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Consume Kafka topics and print each record, or aggregate per device with --stats.
+    Tail {
+        /// Kafka bootstrap servers, e.g. localhost:9092.
+        #[arg(long, value_name = "B")]
+        brokers: String,
+        /// Topic to consume (repeat for several).
+        #[arg(long, value_name = "T", required = true)]
+        topic: Vec<String>,
+        /// Consumer group; its committed offsets say where to resume.
+        #[arg(long, value_name = "G", default_value = DEFAULT_GROUP)]
+        group: String,
+        /// Start at the earliest offset when the group has no committed offset yet.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Aggregate per device (count, rate, numeric fields, seq gaps) and per dead-letter
+        /// reason; print the table every 5 s and at exit.
+        #[arg(long)]
+        stats: bool,
+        /// Exit after this many records.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Exit after this long without a record (e.g. "10s").
+        #[arg(long, value_name = "D", value_parser = parse_duration)]
+        idle_exit: Option<Duration>,
+        /// A librdkafka consumer property, e.g. -X security.protocol=SSL (repeatable).
+        #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+    },
+}
+
+/// How often `tail --stats` prints the table while running.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate (readings per second, 0 = as fast as possible)"
+        )),
+    }
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("`{text}` is not a ratio between 0 and 1")),
+    }
 }
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {
@@ -84,6 +181,39 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs an operator tool on a fresh runtime. The first SIGINT or SIGTERM cancels the token the
+/// tool watches (it then prints its summary); a second one exits at once.
+fn run_tool<T, E, F>(task: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        // Installed before the tool starts, so an early Ctrl-C is not lost.
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            stopper.cancel();
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            std::process::exit(130);
+        });
+        Ok(task(stop).await?)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let status = match cli.command {
@@ -119,6 +249,86 @@ fn main() -> ExitCode {
         }
         Command::Validate { schema, files } => {
             cli::validate::run(&schema, &files, &mut std::io::stdout()).unwrap_or(Status::Usage)
+        }
+        Command::Simulate {
+            mqtt,
+            serial,
+            devices,
+            rate,
+            invalid_ratio,
+            duration,
+            count,
+            topic_prefix,
+            client_id,
+            seed,
+        } => {
+            logging::init("warn");
+            let target = match (mqtt, serial) {
+                (Some(url), _) => Target::Mqtt {
+                    url,
+                    client_id: client_id
+                        .unwrap_or_else(|| format!("sensorgate-simulate-{}", std::process::id())),
+                    topic_prefix,
+                },
+                (None, Some(path)) => Target::Serial { path },
+                // clap requires one of the two.
+                (None, None) => return ExitCode::from(Status::Usage as u8),
+            };
+            let until = match (count, duration) {
+                (Some(n), _) => Until::Count(n),
+                (None, Some(d)) => Until::Duration(d),
+                (None, None) => Until::Cancelled,
+            };
+            let options = SimulateOptions {
+                target,
+                devices,
+                rate,
+                invalid_ratio,
+                until,
+                seed,
+            };
+            match run_tool(|stop| async move {
+                cli::simulate::run(&options, &mut std::io::stdout(), stop).await
+            }) {
+                Ok(summary) if summary.acknowledged == summary.sent => Status::Ok,
+                Ok(_) => Status::CheckFailed,
+                Err(e) => {
+                    eprintln!("sensorgate simulate: {e}");
+                    Status::CheckFailed
+                }
+            }
+        }
+        Command::Tail {
+            brokers,
+            topic,
+            group,
+            from_beginning,
+            stats,
+            count,
+            idle_exit,
+            properties,
+        } => {
+            logging::init("warn");
+            let options = TailOptions {
+                brokers,
+                topics: topic,
+                group,
+                from_beginning,
+                stats,
+                count,
+                idle_exit,
+                stats_every: STATS_EVERY,
+                properties,
+            };
+            match run_tool(|stop| async move {
+                cli::tail::run(&options, &mut std::io::stdout(), stop).await
+            }) {
+                Ok(_) => Status::Ok,
+                Err(e) => {
+                    eprintln!("sensorgate tail: {e}");
+                    Status::CheckFailed
+                }
+            }
         }
     };
     ExitCode::from(status as u8)
