@@ -126,6 +126,7 @@ fn example_config_values_are_the_built_in_defaults() {
     assert_eq!(s.format, d.format);
 
     assert_eq!(example.metrics.listen, defaults.metrics.listen);
+    assert_eq!(example.gateway.log_level, defaults.gateway.log_level);
 }
 
 #[test]
