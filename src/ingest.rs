@@ -4,7 +4,9 @@
 //! each line as soon as it is framed.
 //!
 //! - [`mqtt`]: QoS 1 subscriptions on a persistent session.
+//! - [`serial`]: a serial port (USB or UART), reopened with backoff when the device goes away.
 //! - [`frame`]: the serial sources' line framing and `json-lines`/`csv` decoding (no I/O).
 
 pub mod frame;
 pub mod mqtt;
+pub mod serial;
