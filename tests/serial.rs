@@ -86,7 +86,7 @@ async fn json_and_csv_lines_reach_kafka_in_order() {
     let esp = Socat::start(&subdir(dir.path(), "esp"));
     let sources = source("uno", &uno.device(), "serial.readings", "")
         + &source("esp", &esp.device(), "serial.csv", CSV_COLUMNS);
-    let path = write_serial_config(dir.path(), &kafka.bootstrap_servers(), None, &sources);
+    let path = write_serial_config(dir.path(), &kafka.bootstrap_servers(), None, "", &sources);
     let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
     wait_open(&gateway, "uno").await;
     wait_open(&gateway, "esp").await;
@@ -183,7 +183,7 @@ async fn bad_lines_become_dead_letters_and_reading_goes_on() {
         "serial.readings",
         "max_line_bytes = 256",
     ) + &source("esp", &esp.device(), "serial.csv", CSV_COLUMNS);
-    let path = write_serial_config(dir.path(), &kafka.bootstrap_servers(), None, &sources);
+    let path = write_serial_config(dir.path(), &kafka.bootstrap_servers(), None, "", &sources);
     let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
     wait_open(&gateway, "uno").await;
     wait_open(&gateway, "esp").await;
@@ -340,7 +340,7 @@ async fn an_unplugged_device_is_reopened_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut device = Socat::start(&subdir(dir.path(), "unplug"));
     let sources = source("unplug", &device.device(), "serial.readings", "");
-    let path = write_serial_config(dir.path(), &kafka.bootstrap_servers(), None, &sources);
+    let path = write_serial_config(dir.path(), &kafka.bootstrap_servers(), None, "", &sources);
     let gateway = sensorgate::app::start(Config::load(&path).unwrap()).unwrap();
     wait_open(&gateway, "unplug").await;
 
@@ -432,6 +432,7 @@ async fn a_device_absent_at_start_is_used_once_plugged_in() {
         dir.path(),
         &kafka.bootstrap_servers(),
         Some(&mqtt.url()),
+        "",
         &sources,
     );
     let gateway = sensorgate::app::start(Config::load(&path).unwrap())

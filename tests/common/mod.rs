@@ -495,11 +495,13 @@ impl Drop for Socat {
 
 /// Writes a gateway config for serial tests into `dir` and returns its path: the reading
 /// schema, an optional MQTT source `local` with its route to `sensors.readings`, and `sources`
-/// (TOML text with `[[serial]]` and `[[route]]` tables) appended as they are.
+/// (TOML text with `[[serial]]` and `[[route]]` tables) appended as they are. `extra_queue`
+/// lands in `[queue]`.
 pub fn write_serial_config(
     dir: &Path,
     brokers: &str,
     mqtt_url: Option<&str>,
+    extra_queue: &str,
     sources: &str,
 ) -> PathBuf {
     let schemas = dir.join("schemas");
@@ -537,6 +539,7 @@ schemas_dir = "schemas"
 
 [queue]
 max_bytes = "64MiB"
+{extra_queue}
 
 [kafka]
 brokers = "{brokers}"
