@@ -1,7 +1,8 @@
 //! Starts the pipeline's tasks, supervises them and shuts them down in order.
 //!
 //! Start: open the outbox, compile the rules, then spawn the committer, the publisher and one
-//! task per source. Stop (SIGTERM/SIGINT, or a task failing): sources stop taking readings and
+//! task per source (MQTT broker or serial port; a serial device that is absent does not stop
+//! the start, its task keeps trying to open it). Stop (SIGTERM/SIGINT, or a task failing): sources stop taking readings and
 //! flush their acknowledgements; the committer commits its last batch and ends when the last
 //! source dropped its sender; the publisher gets [`DELIVERY_GRACE`] to see in-flight deliveries
 //! confirmed; the outbox is flushed. Whatever was not confirmed stays in the outbox for the next
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::ingest::mqtt::{MqttError, MqttSource};
+use crate::ingest::serial::{SerialError, SerialSource};
 use crate::outbox::committer::Committer;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{Classifier, Rules, RulesError};
@@ -63,6 +65,15 @@ pub enum AppError {
         addr: String,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// A serial source could not be set up (a device that is absent or goes away is retried,
+    /// never an error).
+    #[error("serial source `{source_name}`: {error}")]
+    Serial {
+        /// The source.
+        source_name: String,
+        /// What failed.
+        error: SerialError,
     },
     /// A task panicked or was aborted.
     #[error("task failed: {0}")]
@@ -135,6 +146,14 @@ impl Handle {
     pub fn stopper(&self) -> CancellationToken {
         self.stop.clone()
     }
+    /// Whether the gateway has stopped (after [`Handle::stop`] or a failure).
+    pub fn is_finished(&self) -> bool {
+        match self.supervisor.try_lock() {
+            Ok(task) => task.as_ref().is_none_or(|t| t.is_finished()),
+            // Someone is waiting on it: it was running when they started.
+            Err(_) => false,
+        }
+    }
     /// Asks the gateway to stop.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -188,12 +207,6 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     // Fail fast on a producer configuration librdkafka rejects.
     publisher.create_producer()?;
 
-    if !config.serial.is_empty() {
-        tracing::warn!(
-            count = config.serial.len(),
-            "[[serial]] sources are not supported by this version yet and are ignored"
-        );
-    }
     let metrics = if config.metrics.listen.is_empty() {
         None
     } else {
@@ -213,6 +226,7 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         outbox_depth = queued.depth,
         dead_letters = queued.dead_letters,
         mqtt_sources = config.mqtt.len(),
+        serial_sources = config.serial.len(),
         routes = config.routes.len(),
         "Starting sensorgate"
     );
@@ -274,6 +288,23 @@ async fn supervise(
                 source_name: name,
                 error,
             })
+        });
+    }
+    for serial in &config.serial {
+        let name = serial.name.clone();
+        let source = SerialSource::new(serial.clone(), classifier.clone(), submit.clone(), &stats);
+        let token = ingest_stop.clone();
+        sources.spawn(async move {
+            match source {
+                Ok(source) => {
+                    source.run(token).await;
+                    Ok(())
+                }
+                Err(error) => Err(AppError::Serial {
+                    source_name: name,
+                    error,
+                }),
+            }
         });
     }
     drop(submit);

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 pub use units::ByteSize;
 
+use crate::ingest::frame::{Column, ColumnError};
 use crate::route::TopicFilter;
 
 /// Where the daemon looks for its configuration when neither `--config` nor
@@ -359,28 +360,136 @@ const fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[[serial]]`: one serial port (consumed by the serial ingest).
+/// Parity checking of a serial port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit (default).
+    None,
+    /// Odd parity.
+    Odd,
+    /// Even parity.
+    Even,
+}
+
+/// Flow control of a serial port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// None (default).
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
+}
+
+/// How a serial source frames its byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SerialFormat {
+    /// One JSON document per line (default).
+    JsonLines,
+    /// Comma-separated values in the declared `columns`, turned into a JSON object.
+    Csv,
+}
+
+impl SerialFormat {
+    /// The name used in the configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::JsonLines => "json-lines",
+            Self::Csv => "csv",
+        }
+    }
+}
+
+/// `[[serial]]`: one serial port, one reading per line.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// Source name that routes refer to.
     pub name: String,
-    /// Device path, e.g. `/dev/serial/by-id/…`.
+    /// Device path, e.g. `/dev/serial/by-id/…` (survives re-plugging) or `/dev/ttyUSB0`.
     pub device: PathBuf,
     /// Baud rate.
     #[serde(default = "default_baud")]
     pub baud: u32,
-    /// Framing of the byte stream.
+    /// Data bits, 5 to 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// `none`, `odd` or `even`.
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    /// 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS).
+    #[serde(default = "default_flow_control")]
+    pub flow_control: FlowControl,
+    /// Framing of the byte stream: `json-lines` or `csv`.
     #[serde(default = "default_serial_format")]
-    pub format: String,
+    pub format: SerialFormat,
+    /// For `csv`: the columns in order, each `"name:type"` with type `string`, `integer`,
+    /// `number` or `bool`.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Longer lines become `frame-too-long` dead letters (stored truncated to this size).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: ByteSize,
+    /// Longest wait between attempts to reopen the device.
+    #[serde(default = "default_serial_reconnect_max", with = "units::duration")]
+    pub reconnect_max: Duration,
+}
+
+impl SerialConfig {
+    /// The declared CSV columns, or every declaration that does not parse (with its index).
+    pub fn csv_columns(&self) -> Result<Vec<Column>, Vec<(usize, ColumnError)>> {
+        let mut columns = Vec::with_capacity(self.columns.len());
+        let mut errors = Vec::new();
+        for (i, spec) in self.columns.iter().enumerate() {
+            match Column::parse(spec) {
+                Ok(column) => columns.push(column),
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(columns)
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 const fn default_baud() -> u32 {
     115_200
 }
-fn default_serial_format() -> String {
-    "json-lines".to_owned()
+const fn default_data_bits() -> u8 {
+    8
 }
+const fn default_parity() -> Parity {
+    Parity::None
+}
+const fn default_stop_bits() -> u8 {
+    1
+}
+const fn default_flow_control() -> FlowControl {
+    FlowControl::None
+}
+const fn default_serial_format() -> SerialFormat {
+    SerialFormat::JsonLines
+}
+const fn default_max_line_bytes() -> ByteSize {
+    ByteSize(4096)
+}
+const fn default_serial_reconnect_max() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The largest `max_line_bytes` accepted.
+pub const SERIAL_MAX_LINE_LIMIT: u64 = 1 << 20;
+/// The shortest `reconnect_max` accepted (and the first delay before reopening a device).
+pub const SERIAL_RECONNECT_MIN: Duration = Duration::from_millis(100);
 
 /// `[[route]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -669,6 +778,75 @@ impl Config {
                     format!("source name `{}` is used twice", serial.name),
                 );
             }
+            match serial.device.to_str() {
+                None => p(format!("serial[{i}].device"), "must be valid UTF-8".into()),
+                Some(device) if !device.starts_with('/') => p(
+                    format!("serial[{i}].device"),
+                    format!("`{device}` is not an absolute path (e.g. \"/dev/ttyUSB0\")"),
+                ),
+                Some(_) => {}
+            }
+            if serial.baud == 0 {
+                p(
+                    format!("serial[{i}].baud"),
+                    "must be greater than zero".into(),
+                );
+            }
+            if !(5..=8).contains(&serial.data_bits) {
+                p(
+                    format!("serial[{i}].data_bits"),
+                    format!("{} is not 5, 6, 7 or 8", serial.data_bits),
+                );
+            }
+            if !(1..=2).contains(&serial.stop_bits) {
+                p(
+                    format!("serial[{i}].stop_bits"),
+                    format!("{} is not 1 or 2", serial.stop_bits),
+                );
+            }
+            match (serial.format, serial.csv_columns()) {
+                (SerialFormat::JsonLines, _) if !serial.columns.is_empty() => p(
+                    format!("serial[{i}].columns"),
+                    "applies to format = \"csv\" only".into(),
+                ),
+                (SerialFormat::Csv, Ok(columns)) => {
+                    if columns.is_empty() {
+                        p(
+                            format!("serial[{i}].columns"),
+                            "format = \"csv\" needs the columns in order, e.g. [\"device_id:string\", \"temperature_c:number\"]".into(),
+                        );
+                    }
+                    let mut seen = HashSet::new();
+                    for (j, column) in columns.iter().enumerate() {
+                        if !seen.insert(column.name.as_str()) {
+                            p(
+                                format!("serial[{i}].columns[{j}]"),
+                                format!("column `{}` is declared twice", column.name),
+                            );
+                        }
+                    }
+                }
+                (SerialFormat::Csv, Err(errors)) => {
+                    for (j, e) in errors {
+                        p(format!("serial[{i}].columns[{j}]"), e.to_string());
+                    }
+                }
+                (SerialFormat::JsonLines, _) => {}
+            }
+            if serial.max_line_bytes.bytes() == 0
+                || serial.max_line_bytes.bytes() > SERIAL_MAX_LINE_LIMIT
+            {
+                p(
+                    format!("serial[{i}].max_line_bytes"),
+                    "must be between 1B and 1MiB".into(),
+                );
+            }
+            if serial.reconnect_max < SERIAL_RECONNECT_MIN {
+                p(
+                    format!("serial[{i}].reconnect_max"),
+                    "must be at least 100ms".into(),
+                );
+            }
         }
 
         for (i, route) in self.routes.iter().enumerate() {
@@ -814,5 +992,78 @@ mod tests {
             .collect();
         assert!(props.contains(&("batch.num.messages".into(), "1000".into())));
         assert!(props.contains(&("enable.ssl.certificate.verification".into(), "false".into())));
+    }
+
+    #[test]
+    fn serial_sources_default_to_8n1_json_lines() {
+        let text = format!("{MINIMAL}\n[[serial]]\nname = \"uno\"\ndevice = \"/dev/ttyACM0\"\n");
+        let config = Config::parse(&text, Path::new("a.toml")).unwrap();
+        let s = &config.serial[0];
+        assert_eq!((s.baud, s.data_bits, s.stop_bits), (115_200, 8, 1));
+        assert_eq!(s.parity, Parity::None);
+        assert_eq!(s.flow_control, FlowControl::None);
+        assert_eq!(s.format, SerialFormat::JsonLines);
+        assert!(s.columns.is_empty());
+        assert_eq!(s.max_line_bytes, ByteSize(4096));
+        assert_eq!(s.reconnect_max, Duration::from_secs(5));
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+    }
+
+    #[test]
+    fn serial_problems_are_reported_with_their_keys() {
+        let serial = r#"
+            [[serial]]
+            name = "uno"
+            device = "ttyACM0"
+            data_bits = 9
+            stop_bits = 3
+            format = "csv"
+            columns = ["device_id:string", "t", "h:float", "device_id:number"]
+            max_line_bytes = 0
+            reconnect_max = "10ms"
+            [[serial]]
+            name = "esp"
+            device = "/dev/ttyUSB0"
+            columns = ["t:number"]
+            [[serial]]
+            name = "pi"
+            device = "/dev/serial0"
+            format = "csv"
+        "#;
+        let config = Config::parse(&format!("{MINIMAL}{serial}"), Path::new("a.toml")).unwrap();
+        let problems = config.problems();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "serial[0].device",
+                "serial[0].data_bits",
+                "serial[0].stop_bits",
+                "serial[0].columns[1]",
+                "serial[0].columns[2]",
+                "serial[0].max_line_bytes",
+                "serial[0].reconnect_max",
+                "serial[1].columns",
+                "serial[2].columns",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].message.contains("\"t:number\""),
+            "{}",
+            problems[3]
+        );
+
+        let dup = serial.replace("\"t\", \"h:float\", ", "");
+        let config = Config::parse(&format!("{MINIMAL}{dup}"), Path::new("a.toml")).unwrap();
+        assert!(config
+            .problems()
+            .iter()
+            .any(|p| p.key == "serial[0].columns[1]" && p.message.contains("twice")));
+
+        let bad_parity =
+            format!("{MINIMAL}[[serial]]\nname = \"x\"\ndevice = \"/dev/x\"\nparity = \"mark\"\n");
+        let err = Config::parse(&bad_parity, Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("parity"), "{err}");
     }
 }

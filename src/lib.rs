@@ -1,16 +1,19 @@
-//! sensorgate: an edge gateway that takes sensor readings from MQTT brokers (and serial ports),
+//! sensorgate: an edge gateway that takes sensor readings from MQTT brokers and serial ports,
 //! validates each against a JSON Schema, stores it durably, and forwards it to Kafka, without
 //! losing a reading through outages of hours.
 //!
 //! # Layout
 //! The module tree follows the data flow:
 //! ```text
-//! ingest/mqtt ─► pipeline (route ─► validate) ─► outbox/committer ─► outbox ─► publish/kafka ─► Kafka
-//!                        └── dead letters (record::Reason) ─► outbox (dlq tree + DLQ topic) ─┘
+//! ingest/mqtt ───────────────┐
+//! ingest/serial (+ frame) ───┴► pipeline (route ─► validate) ─► outbox/committer ─► outbox ─► publish/kafka ─► Kafka
+//!                                        └── dead letters (record::Reason) ─► outbox (dlq tree + DLQ topic) ─┘
 //! ```
 //! - [`config`]: the TOML file, one struct per section; [`config::Config::problems`] reports
 //!   every semantic error with its key.
-//! - [`ingest`]: sources. [`ingest::mqtt`] acknowledges only after the commit.
+//! - [`ingest`]: sources. [`ingest::mqtt`] acknowledges only after the commit;
+//!   [`ingest::serial`] reads a port line by line ([`ingest::frame`]: framing and decoding) and
+//!   reopens it when the device comes back.
 //! - [`route`] and [`validate`]: topic filters → route; schema registry. [`pipeline`] combines
 //!   them into a [`record::Record`] bound for Kafka or a dead letter.
 //! - [`outbox`]: the sled-backed durable FIFO and local DLQ (invariants and on-disk format in its

@@ -1,5 +1,8 @@
 //! Route and validate: turns a [`Reading`] into the [`Record`] that the outbox stores, either a
 //! valid reading bound for its route's topic or a dead letter bound for the DLQ topic.
+//! MQTT payloads are parsed here ([`Classifier::classify`]); serial sources frame and decode
+//! their lines themselves and hand over the outcome ([`Classifier::classify_framed`]), so
+//! routing, validation and dead-lettering stay in one place for every source.
 //!
 //! The rules (routes + compiled schemas) are swapped as one unit on reload, so a reading is never
 //! routed by the new table and validated by the old schemas.
@@ -7,6 +10,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -48,6 +52,26 @@ impl Rules {
     }
 }
 
+/// A reading's bytes as its source framed and decoded them, for
+/// [`Classifier::classify_framed`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Framed {
+    /// The payload is this JSON document: a valid reading is sent with its bytes untouched.
+    Json(Value),
+    /// This document was built from the payload (a CSV line): a valid reading is sent as the
+    /// document's JSON text, a dead letter keeps the original bytes.
+    Converted(Value),
+    /// The payload could not be made into a document.
+    Rejected {
+        /// `not-json`, `bad-csv`, `frame-too-long`, `too-large`…
+        reason: Reason,
+        /// What is wrong.
+        errors: Vec<Violation>,
+        /// The size as received, when the payload was truncated.
+        original_len: Option<u64>,
+    },
+}
+
 /// Classifies readings; shared by every source.
 #[derive(Debug)]
 pub struct Classifier {
@@ -75,9 +99,37 @@ impl Classifier {
         self.rules.store(Arc::new(rules));
     }
 
-    /// Routes and validates one reading. `max_payload` is the source's size limit; an oversize
-    /// payload is kept only up to that limit and its original size recorded.
-    pub fn classify(&self, reading: Reading, max_payload: usize) -> Record {
+    /// Routes and validates one reading whose payload should be JSON (MQTT). `max_payload` is
+    /// the source's size limit; an oversize payload is kept only up to that limit and its
+    /// original size recorded. The payload is parsed only when a route matches, so an
+    /// unrouted payload is `no-route` whatever it holds.
+    pub fn classify(&self, mut reading: Reading, max_payload: usize) -> Record {
+        if reading.payload.len() > max_payload {
+            let original = reading.payload.len();
+            reading.payload.truncate(max_payload);
+            let framed = Framed::Rejected {
+                reason: Reason::TooLarge,
+                errors: vec![Violation::whole(format!(
+                    "payload of {original} bytes exceeds the limit of {max_payload} bytes; stored truncated"
+                ))],
+                original_len: Some(original as u64),
+            };
+            return self.decide(reading, Some(framed));
+        }
+        self.decide(reading, None)
+    }
+
+    /// Routes and validates one reading that its source already framed and decoded (serial
+    /// lines). A [`Framed::Rejected`] reading is a dead letter with that reason even when no
+    /// route matches: what is wrong with the bytes is the more useful news. Dead letters keep
+    /// `reading.payload`; a valid [`Framed::Converted`] reading is sent as its document's JSON.
+    pub fn classify_framed(&self, reading: Reading, framed: Framed) -> Record {
+        self.decide(reading, Some(framed))
+    }
+
+    /// The one place where routing, validation and dead-lettering happen. `framed: None` means
+    /// "parse the payload as JSON once a route matched".
+    fn decide(&self, reading: Reading, framed: Option<Framed>) -> Record {
         self.stats.received(&reading.source);
         let rules = self.rules.load();
         let route = rules.router.find(&reading.source, &reading.origin);
@@ -94,49 +146,60 @@ impl Classifier {
         };
         let mut payload = reading.payload;
 
-        let verdict = if payload.len() > max_payload {
-            let original = payload.len();
-            payload.truncate(max_payload);
-            Err(DeadLetterInfo {
+        let verdict = match (framed, route) {
+            (
+                Some(Framed::Rejected {
+                    reason,
+                    errors,
+                    original_len,
+                }),
+                _,
+            ) => Err(DeadLetterInfo {
                 id: 0,
-                reason: Reason::TooLarge,
-                errors: vec![Violation::whole(format!(
-                    "payload of {original} bytes exceeds the limit of {max_payload} bytes; stored truncated"
-                ))],
-                original_len: Some(original as u64),
-            })
-        } else if let Some(route) = route {
-            match parse_json(&payload) {
-                Err(message) => Err(dead(Reason::NotJson, vec![Violation::whole(message)])),
-                Ok(doc) => match rules.schemas.get(&route.schema) {
-                    // Rules::build compiles every schema a route names, so this is unreachable
-                    // in practice; treat it as a schema failure rather than a panic.
-                    None => Err(dead(
-                        Reason::Schema,
-                        vec![Violation::whole(format!(
-                            "schema `{}` is not loaded",
-                            route.schema
-                        ))],
-                    )),
-                    Some(validator) => {
-                        let errors = validate::violations(validator, &doc);
-                        if errors.is_empty() {
-                            meta.key = route.key.as_deref().and_then(|p| key_at(&doc, p));
-                            Ok(())
-                        } else {
-                            Err(dead(Reason::Schema, errors))
-                        }
-                    }
-                },
-            }
-        } else {
-            Err(dead(
+                reason,
+                errors,
+                original_len,
+            }),
+            (_, None) => Err(dead(
                 Reason::NoRoute,
                 vec![Violation::whole(format!(
                     "no route for source `{}` and {}",
                     meta.source, meta.origin
                 ))],
-            ))
+            )),
+            (framed, Some(route)) => {
+                let parsed = match framed {
+                    Some(Framed::Json(doc)) => Ok((doc, false)),
+                    Some(Framed::Converted(doc)) => Ok((doc, true)),
+                    _ => parse_json(&payload).map(|doc| (doc, false)),
+                };
+                match parsed {
+                    Err(message) => Err(dead(Reason::NotJson, vec![Violation::whole(message)])),
+                    Ok((doc, converted)) => match rules.schemas.get(&route.schema) {
+                        // Rules::build compiles every schema a route names, so this is
+                        // unreachable in practice; treat it as a schema failure, not a panic.
+                        None => Err(dead(
+                            Reason::Schema,
+                            vec![Violation::whole(format!(
+                                "schema `{}` is not loaded",
+                                route.schema
+                            ))],
+                        )),
+                        Some(validator) => {
+                            let errors = validate::violations(validator, &doc);
+                            if errors.is_empty() {
+                                meta.key = route.key.as_deref().and_then(|p| key_at(&doc, p));
+                                if converted {
+                                    payload = Bytes::from(doc.to_string());
+                                }
+                                Ok(())
+                            } else {
+                                Err(dead(Reason::Schema, errors))
+                            }
+                        }
+                    },
+                }
+            }
         };
 
         match verdict {
@@ -207,6 +270,14 @@ mod tests {
             name = "m"
             url = "mqtt://localhost"
             topics = ["s/#"]
+            [[serial]]
+            name = "uno"
+            device = "/dev/ttyACM0"
+            [[route]]
+            source = "uno"
+            schema = "r.json"
+            kafka_topic = "bench"
+            key = "/device_id"
             [[route]]
             source = "m"
             topic_filter = "s/+/r"
@@ -265,5 +336,70 @@ mod tests {
         assert_eq!(info.reason, Reason::TooLarge);
         assert_eq!(info.original_len, Some(24));
         assert_eq!(&big.payload[..], b"{\"de");
+    }
+
+    fn line(source: &str, payload: &'static [u8]) -> Reading {
+        Reading {
+            source: source.into(),
+            origin: Origin::Serial {
+                port: "/dev/ttyACM0".into(),
+            },
+            payload: Bytes::from_static(payload),
+            received_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn framed_readings_share_routing_validation_and_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = classifier(dir.path());
+        let doc = |text: &[u8]| serde_json::from_slice::<Value>(text).unwrap();
+
+        let raw = br#"{ "device_id": "d1", "t": 2 }"#;
+        let ok = c.classify_framed(line("uno", raw), Framed::Json(doc(raw)));
+        assert_eq!(ok.meta.kafka_topic, "bench");
+        assert_eq!(ok.meta.key.as_deref(), Some("d1"));
+        assert_eq!(ok.meta.origin.to_string(), "serial:/dev/ttyACM0");
+        assert_eq!(&ok.payload[..], raw, "json-lines bytes untouched");
+
+        let csv = c.classify_framed(
+            line("uno", b"d2,2.5"),
+            Framed::Converted(serde_json::json!({"device_id": "d2", "t": 2.5})),
+        );
+        assert!(csv.meta.dead_letter.is_none());
+        assert_eq!(&csv.payload[..], br#"{"device_id":"d2","t":2.5}"#);
+
+        let bad = c.classify_framed(
+            line("uno", b"d3,x"),
+            Framed::Converted(serde_json::json!({"device_id": "d3", "t": "x"})),
+        );
+        assert_eq!(bad.meta.kafka_topic, "bench.DLQ");
+        assert_eq!(bad.meta.dead_letter.unwrap().reason, Reason::Schema);
+        assert_eq!(&bad.payload[..], b"d3,x", "dead letters keep the line");
+
+        let rejected = |source| {
+            c.classify_framed(
+                line(source, b"xxxx"),
+                Framed::Rejected {
+                    reason: Reason::FrameTooLong,
+                    errors: vec![Violation::whole("too long")],
+                    original_len: Some(9000),
+                },
+            )
+        };
+        let long = rejected("uno");
+        assert_eq!(long.meta.kafka_topic, "bench.DLQ");
+        let info = long.meta.dead_letter.unwrap();
+        assert_eq!(
+            (info.reason, info.original_len),
+            (Reason::FrameTooLong, Some(9000))
+        );
+        let unrouted = rejected("other");
+        assert_eq!(unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");
+        assert_eq!(
+            unrouted.meta.dead_letter.unwrap().reason,
+            Reason::FrameTooLong,
+            "the framing failure wins over no-route"
+        );
     }
 }

@@ -60,16 +60,22 @@ pub enum Reason {
     TooLarge,
     /// Kafka refused it permanently (too large, not authorized, unknown topic…).
     PublishRejected,
+    /// A serial line longer than the source's `max_line_bytes`.
+    FrameTooLong,
+    /// A serial CSV line that does not fit the source's declared columns.
+    BadCsv,
 }
 
 impl Reason {
     /// Every reason, for counters.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 7] = [
         Self::NoRoute,
         Self::NotJson,
         Self::Schema,
         Self::TooLarge,
         Self::PublishRejected,
+        Self::FrameTooLong,
+        Self::BadCsv,
     ];
 
     /// The reason as it appears in headers, logs and the CLI.
@@ -80,6 +86,8 @@ impl Reason {
             Self::Schema => "schema",
             Self::TooLarge => "too-large",
             Self::PublishRejected => "publish-rejected",
+            Self::FrameTooLong => "frame-too-long",
+            Self::BadCsv => "bad-csv",
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -36,6 +36,7 @@ pub struct Stats {
     retries: AtomicU64,
     producer_restarts: AtomicU64,
     mqtt_reconnects: AtomicU64,
+    serial: Mutex<BTreeMap<String, Arc<PortStats>>>,
     kafka_down: AtomicBool,
     circuit_open: AtomicBool,
     last_delivery_ms: AtomicU64,
@@ -171,6 +172,8 @@ pub struct Snapshot {
     pub producer_restarts: u64,
     /// MQTT connection losses.
     pub mqtt_reconnects: u64,
+    /// Serial ports, by source name.
+    pub serial: BTreeMap<String, PortSnapshot>,
     /// Whether librdkafka currently reports every broker down.
     pub kafka_down: bool,
     /// Whether the publisher is waiting out a backoff (circuit open).
@@ -200,6 +203,62 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
             map.insert(key.to_owned(), 1);
         }
     }
+}
+
+/// Counters of one serial source, updated by its task without locking.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    dead_letters: AtomicU64,
+    reconnects: AtomicU64,
+    open: AtomicBool,
+}
+
+impl PortStats {
+    /// `n` bytes were read from the port.
+    pub fn read(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Relaxed);
+    }
+    /// A line was framed; `dead` when it became a dead letter.
+    pub fn line(&self, dead: bool) {
+        self.lines.fetch_add(1, Relaxed);
+        if dead {
+            self.dead_letters.fetch_add(1, Relaxed);
+        }
+    }
+    /// The port was opened again after the device had gone away or been absent.
+    pub fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Relaxed);
+    }
+    /// The port was opened (true) or dropped (false).
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Relaxed);
+    }
+    fn snapshot(&self) -> PortSnapshot {
+        PortSnapshot {
+            lines: self.lines.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            open: self.open.load(Relaxed),
+        }
+    }
+}
+
+/// The counters of one serial source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PortSnapshot {
+    /// Lines framed (blank lines are not counted), good or bad.
+    pub lines: u64,
+    /// Bytes read from the port, terminators included.
+    pub bytes: u64,
+    /// Of those lines, how many became dead letters (any reason).
+    pub dead_letters: u64,
+    /// Times the port was opened again after the device had gone away or been absent.
+    pub reconnects: u64,
+    /// Whether the port is open now.
+    pub open: bool,
 }
 
 fn reason_index(reason: Reason) -> usize {
@@ -264,6 +323,15 @@ impl Stats {
         self.source_up(source, false);
         self.mqtt_reconnects.fetch_add(1, Relaxed);
     }
+    /// The counters of serial source `name`, registered on first use.
+    pub fn serial_port(&self, name: &str) -> Arc<PortStats> {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
     /// librdkafka reported all brokers down (true) or a delivery succeeded (false).
     pub fn set_kafka_down(&self, down: bool) {
         self.kafka_down.store(down, Relaxed);
@@ -315,6 +383,13 @@ impl Stats {
             retries: self.retries.load(Relaxed),
             producer_restarts: self.producer_restarts.load(Relaxed),
             mqtt_reconnects: self.mqtt_reconnects.load(Relaxed),
+            serial: self
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(name, port)| (name.clone(), port.snapshot()))
+                .collect(),
             kafka_down: self.kafka_down.load(Relaxed),
             circuit_open: self.circuit_open.load(Relaxed),
             last_delivery_ms: self.last_delivery_ms.load(Relaxed),

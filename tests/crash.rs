@@ -49,9 +49,18 @@ impl GatewayProcess {
             .count()
     }
 
+    /// SIGKILL; panics if the process had already died by itself.
     fn kill9(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the gateway had exited by itself: {status:?}");
+        }
         self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.signal() == Some(9) || status.code().is_some(),
+            "{status:?}"
+        );
     }
 }
 
@@ -229,4 +238,85 @@ async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker()
         .map(|r| r.json()["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, vec![0, 1, 2]);
+}
+
+/// A longer soak, run on purpose: `SOAK_KILLS=50 cargo test --release --test crash -- --ignored`.
+/// Kills the gateway at pseudo-random moments while a sensor publishes, restarts it each time,
+/// and checks that sled opened cleanly every time and that nothing the broker accepted was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak test: run on purpose"]
+async fn soak_repeated_sigkills() {
+    let kills: u32 = std::env::var("SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("soak state: {}", dir.path().display());
+    let dir = Box::leak(Box::new(dir));
+    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+
+    let total = u64::from(kills) * 2_000;
+    let port = mqtt.port;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sensor = tokio::spawn(publish_stream(port, "sensor-soak", rx, total as usize));
+    let pacer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for seq in 0..total {
+            if seq % 50 == 0 {
+                tick.tick().await;
+            }
+            let device = format!("dev-{}", seq % 16);
+            let _ = tx.send((format!("sensors/{device}/reading"), reading(&device, seq)));
+        }
+    });
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(100 + rng % 900)).await;
+        gateway.kill9();
+        gateway = GatewayProcess::spawn(&config, &log, "info");
+    }
+    pacer.await.unwrap();
+    sensor.await.unwrap();
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    // Count distinct readings incrementally: re-scanning every record on each check is quadratic.
+    let seen = std::cell::RefCell::new((0usize, std::collections::HashSet::new()));
+    tokio::task::block_in_place(|| {
+        reader.read_until(Duration::from_secs(300), "every reading", |records| {
+            let mut seen = seen.borrow_mut();
+            for r in &records[seen.0..] {
+                seen.1.insert(r.json()["seq"].as_u64().unwrap());
+            }
+            seen.0 = records.len();
+            if seen.1.len() as u64 + 50 > total && (seen.1.len() as u64) < total {
+                let missing: Vec<u64> = (0..total)
+                    .filter(|s| !seen.1.contains(s))
+                    .take(20)
+                    .collect();
+                eprintln!("missing: {missing:?}");
+            }
+            seen.1.len() as u64 == total
+        })
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "soak: {kills} kills, {total} readings, {} records in Kafka ({} duplicates), {} corrupt opens",
+        reader.records.len(),
+        reader.records.len() as u64 - total,
+        text.matches("Outbox database is corrupt").count()
+    );
+    assert_eq!(
+        text.matches("Starting sensorgate").count() as u32,
+        kills + 1
+    );
+    assert!(!text.contains("Outbox database is corrupt"));
+    gateway.kill9();
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sensorgate::config::{Compression, Config, WhenFull};
+use sensorgate::config::{Compression, Config, SerialFormat, WhenFull};
 use sensorgate::pipeline::Rules;
 use serde_json::json;
 
@@ -123,7 +123,15 @@ fn example_config_values_are_the_built_in_defaults() {
 
     let (s, d) = (&example.serial[0], &defaults.serial[0]);
     assert_eq!(s.baud, d.baud);
+    assert_eq!(s.data_bits, d.data_bits);
+    assert_eq!(s.parity, d.parity);
+    assert_eq!(s.stop_bits, d.stop_bits);
+    assert_eq!(s.flow_control, d.flow_control);
     assert_eq!(s.format, d.format);
+    assert_eq!(s.format, SerialFormat::JsonLines);
+    assert_eq!(s.columns, d.columns, "columns are left to default (none)");
+    assert_eq!(s.max_line_bytes, d.max_line_bytes);
+    assert_eq!(s.reconnect_max, d.reconnect_max);
 
     assert_eq!(example.metrics.listen, defaults.metrics.listen);
     assert_eq!(example.gateway.log_level, defaults.gateway.log_level);
@@ -143,6 +151,7 @@ fn commented_out_keys_in_the_example_are_accepted() {
                 "username",
                 "password_file",
                 "ca_file",
+                "columns",
                 "\"",
             ];
             match line.strip_prefix("# ") {
@@ -154,7 +163,7 @@ fn commented_out_keys_in_the_example_are_accepted() {
             }
         })
         .collect();
-    assert!(uncommented >= 9, "only {uncommented} commented keys found");
+    assert!(uncommented >= 10, "only {uncommented} commented keys found");
     let config = Config::parse(&text, &example_path()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.gateway.id, "pi-greenhouse-07");
     assert_eq!(
@@ -163,6 +172,16 @@ fn commented_out_keys_in_the_example_are_accepted() {
     );
     assert_eq!(config.mqtt[0].username.as_deref(), Some("sensorgate"));
     assert!(config.mqtt[0].password_file.is_some() && config.mqtt[0].ca_file.is_some());
+    // The commented CSV columns parse (they need format = "csv" to pass check-config).
+    let columns = config.serial[0].csv_columns().unwrap();
+    assert_eq!(
+        columns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "device_id:string",
+            "temperature_c:number",
+            "humidity_pct:integer"
+        ]
+    );
     assert_eq!(
         config
             .kafka

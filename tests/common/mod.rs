@@ -229,6 +229,17 @@ impl Reader {
         }
     }
 
+    /// Polls for up to `limit` and says whether `done(records)` holds by then.
+    pub fn try_read_until(&mut self, limit: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while !done(&self.records) && Instant::now() < deadline {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
+                self.records.push(received(&m));
+            }
+        }
+        done(&self.records)
+    }
+
     pub fn on(&self, topic: &str) -> Vec<&Received> {
         self.records.iter().filter(|r| r.topic == topic).collect()
     }
@@ -409,4 +420,274 @@ pub async fn start_gateway(config: sensorgate::config::Config) -> sensorgate::ap
     )
     .await;
     gateway
+}
+
+/// A pseudo-terminal pair made by socat, standing in for a serial device: the sensor writes to
+/// `<dir>/ttyA`, the gateway reads `<dir>/ttyB`. Killing socat is an unplug (the reader sees
+/// end-of-file); starting it again with the same link names is the device coming back. Killed
+/// on drop.
+pub struct Socat {
+    dir: PathBuf,
+    child: Option<Child>,
+    sensor: Option<std::fs::File>,
+}
+
+impl Socat {
+    /// Links in `dir`, not started yet (the device is absent).
+    pub fn absent(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            child: None,
+            sensor: None,
+        }
+    }
+
+    /// Starts a pair with links in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let mut socat = Self::absent(dir);
+        socat.plug();
+        socat
+    }
+
+    /// The path the gateway opens.
+    pub fn device(&self) -> PathBuf {
+        self.dir.join("ttyB")
+    }
+
+    fn sensor_path(&self) -> PathBuf {
+        self.dir.join("ttyA")
+    }
+
+    /// Starts socat (again) under the same link names and opens the sensor's end. The sensor's
+    /// end stays open as long as socat runs: socat quits when every opener of a pty left.
+    pub fn plug(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        assert!(self.child.is_none(), "socat is already running");
+        // A link left by a killed socat points to a pty that is gone (or reused): remove it
+        // so that waiting for the links waits for the new ones.
+        let _ = std::fs::remove_file(self.sensor_path());
+        let _ = std::fs::remove_file(self.device());
+        let child = Command::new("socat")
+            .arg("-d")
+            .arg("-d")
+            .arg(format!(
+                "pty,raw,echo=0,link={}",
+                self.sensor_path().display()
+            ))
+            .arg(format!("pty,raw,echo=0,link={}", self.device().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), "socat's pty links", || {
+            self.sensor_path().exists() && self.device().exists()
+        });
+        let sensor = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(self.sensor_path())
+            .expect("open the sensor's end of the pty");
+        self.sensor = Some(sensor);
+    }
+
+    /// Kills socat without warning, like pulling the USB cable, and removes the links as udev
+    /// removes `/dev/serial/by-id/…` (a killed socat leaves them pointing at a pty number
+    /// that the next pty, maybe another test's, reuses).
+    pub fn unplug(&mut self) {
+        self.sensor = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.sensor_path());
+        let _ = std::fs::remove_file(self.device());
+    }
+
+    /// Whether socat is running.
+    pub fn is_plugged(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A handle on the sensor's end for a writer thread; writes fail once socat is gone.
+    pub fn sensor(&self) -> std::fs::File {
+        self.sensor
+            .as_ref()
+            .expect("socat is running")
+            .try_clone()
+            .expect("clone the pty handle")
+    }
+
+    /// Writes `bytes` as the sensor (blocks while the gateway does not read).
+    pub fn write(&self, bytes: &[u8]) {
+        use std::io::Write;
+        self.sensor().write_all(bytes).expect("write to the pty");
+    }
+}
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        self.unplug();
+    }
+}
+
+/// Writes a gateway config for serial tests into `dir` and returns its path: the reading
+/// schema, an optional MQTT source `local` with its route to `sensors.readings`, and `sources`
+/// (TOML text with `[[serial]]` and `[[route]]` tables) appended as they are. `extra_queue`
+/// lands in `[queue]`.
+pub fn write_serial_config(
+    dir: &Path,
+    brokers: &str,
+    mqtt_url: Option<&str>,
+    extra_queue: &str,
+    sources: &str,
+) -> PathBuf {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA).unwrap();
+    let mqtt = match mqtt_url {
+        Some(url) => format!(
+            r#"
+[[mqtt]]
+name = "local"
+url = "{url}"
+client_id = "sensorgate-test-{}"
+topics = ["sensors/#"]
+
+[[route]]
+source = "local"
+topic_filter = "sensors/+/reading"
+schema = "reading.v1.json"
+kafka_topic = "sensors.readings"
+key = "/device_id"
+"#,
+            free_port()
+        ),
+        None => String::new(),
+    };
+    let path = dir.join("sensorgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "test-gw"
+state_dir = "state"
+schemas_dir = "schemas"
+
+[queue]
+max_bytes = "64MiB"
+{extra_queue}
+
+[kafka]
+brokers = "{brokers}"
+message_timeout = "120s"
+
+[retry]
+initial = "100ms"
+max = "2s"
+{mqtt}
+{sources}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// What the gateway logged, captured for assertions (installed once per test binary by
+/// [`capture_logs`]; `RUST_LOG` additionally prints the logs as [`init_logging`] does).
+pub mod logs {
+    use std::fmt::Debug;
+    use std::sync::Mutex;
+
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    /// One log event at INFO or above.
+    #[derive(Debug, Clone)]
+    pub struct Logged {
+        pub level: Level,
+        pub source: Option<String>,
+        pub message: String,
+    }
+
+    static EVENTS: Mutex<Vec<Logged>> = Mutex::new(Vec::new());
+
+    #[derive(Default)]
+    struct Fields {
+        source: Option<String>,
+        message: String,
+    }
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            match field.name() {
+                "message" => self.message = format!("{value:?}"),
+                "source" => self.source = Some(format!("{value:?}")),
+                _ => {}
+            }
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            match field.name() {
+                "message" => self.message = value.to_owned(),
+                "source" => self.source = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+    }
+
+    struct Capture;
+
+    impl<S: Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            EVENTS.lock().unwrap().push(Logged {
+                level: *event.metadata().level(),
+                source: fields.source,
+                message: fields.message,
+            });
+        }
+    }
+
+    /// Installs the capturing subscriber (once; later calls do nothing).
+    pub fn capture_logs() {
+        use tracing_subscriber::Layer as _;
+        let print = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+        });
+        let _ = tracing_subscriber::registry()
+            .with(Capture.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .with(print)
+            .try_init();
+    }
+
+    /// Every event logged for source `name` at WARN or ERROR.
+    pub fn warnings_of(name: &str) -> Vec<Logged> {
+        EVENTS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.level <= Level::WARN && e.source.as_deref() == Some(name))
+            .cloned()
+            .collect()
+    }
+
+    /// Every event logged for source `name` at INFO or above.
+    pub fn of(name: &str) -> Vec<Logged> {
+        EVENTS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.source.as_deref() == Some(name))
+            .cloned()
+            .collect()
+    }
 }
