@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, Subcommand};
 use sensorgate::app::AppError;
+use sensorgate::cli::demo::DemoOptions;
 use sensorgate::cli::simulate::{SimulateOptions, Target, Until};
 use sensorgate::cli::tail::{TailOptions, DEFAULT_GROUP};
 use sensorgate::cli::{self, Status};
@@ -31,6 +32,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything on this machine, nothing to install: an in-process MQTT broker and Kafka mock
+    /// cluster, simulated sensors (some invalid), a Kafka outage mid-run, and a summary that
+    /// checks every count against what a consumer reads back (exit 0 when consistent).
+    Demo {
+        /// How long the simulated sensors send (e.g. "16s", at least 3s).
+        #[arg(long, value_name = "D", default_value = "16s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Number of simulated devices.
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        devices: u32,
+    },
     /// Run the daemon in the foreground.
     Run {
         /// Configuration file.
@@ -217,6 +229,25 @@ where
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let status = match cli.command {
+        Command::Demo { duration, devices } => {
+            // Only warnings, so the demo's own lines stay readable; rumqttd is chatty.
+            logging::init("warn,rumqttd=error");
+            let options = DemoOptions {
+                duration,
+                devices,
+                ..DemoOptions::default()
+            };
+            match run_tool(
+                |_stop| async move { cli::demo::run(&options, &mut std::io::stdout()).await },
+            ) {
+                Ok(summary) if summary.consistent() => Status::Ok,
+                Ok(_) => Status::CheckFailed,
+                Err(e) => {
+                    eprintln!("sensorgate demo: {e}");
+                    Status::CheckFailed
+                }
+            }
+        }
         Command::Run { config } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
