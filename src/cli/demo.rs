@@ -257,7 +257,7 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
     writeln!(
         out,
         "sensorgate demo: MQTT broker (rumqttd) on 127.0.0.1:{mqtt_port}, Kafka mock cluster \
-         (3 brokers) on {bootstrap},\n  gateway state in a temporary directory; {} sensors, \
+         (3 brokers) on {bootstrap}\n  gateway state in a temporary directory; {} sensors, \
          ~{:.0} readings/s for {} s, {:.0}% invalid; Kafka down from {:.1} s to {:.1} s.\n",
         options.devices,
         options.rate,
@@ -633,6 +633,10 @@ commit_interval = "10ms"
 brokers = "{bootstrap}"
 linger = "5ms"
 message_timeout = "60s"
+
+[kafka.properties]
+# Reconnect quickly once the outage ends (librdkafka's default backoff grows to 10 s).
+"reconnect.backoff.max.ms" = "500"
 
 [retry]
 initial = "100ms"
