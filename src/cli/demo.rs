@@ -81,16 +81,29 @@ pub enum DemoError {
     Config(#[from] ConfigError),
     /// The gateway failed.
     #[error("gateway: {0}")]
-    App(#[from] AppError),
+    App(Box<AppError>),
     /// The simulated sensors failed.
     #[error("simulated sensors: {0}")]
-    Simulate(#[from] SimulateError),
+    Simulate(Box<SimulateError>),
     /// Something did not happen in time.
     #[error("timed out: {0}")]
     Timeout(String),
     /// Progress or summary output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+// Boxed: these are large, and every `Result` of this module carries the enum.
+impl From<AppError> for DemoError {
+    fn from(e: AppError) -> Self {
+        Self::App(Box::new(e))
+    }
+}
+
+impl From<SimulateError> for DemoError {
+    fn from(e: SimulateError) -> Self {
+        Self::Simulate(Box::new(e))
+    }
 }
 
 /// Options of `demo`.
