@@ -240,11 +240,20 @@ fn main() -> ExitCode {
                 devices,
                 ..DemoOptions::default()
             };
-            match run_tool(
-                |_stop| async move { cli::demo::run(&options, &mut std::io::stdout()).await },
-            ) {
-                Ok(summary) if summary.consistent() => Status::Ok,
-                Ok(_) => Status::CheckFailed,
+            // Ctrl-C ends the demo at once: everything it started lives in this process.
+            match run_tool(|stop| async move {
+                let mut stdout = std::io::stdout();
+                tokio::select! {
+                    result = cli::demo::run(&options, &mut stdout) => result.map(Some),
+                    _ = stop.cancelled() => Ok(None),
+                }
+            }) {
+                Ok(Some(summary)) if summary.consistent() => Status::Ok,
+                Ok(Some(_)) => Status::CheckFailed,
+                Ok(None) => {
+                    eprintln!("sensorgate demo: interrupted");
+                    return ExitCode::from(130);
+                }
                 Err(e) => {
                     eprintln!("sensorgate demo: {e}");
                     Status::CheckFailed
