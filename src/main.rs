@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, Subcommand};
 use sensorgate::app::AppError;
-use sensorgate::cli::demo::DemoOptions;
+use sensorgate::cli::demo::{DemoError, DemoOptions};
 use sensorgate::cli::simulate::{SimulateOptions, Target, Until};
 use sensorgate::cli::tail::{TailOptions, DEFAULT_GROUP};
 use sensorgate::cli::{self, Status};
@@ -256,7 +256,10 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sensorgate demo: {e}");
-                    Status::CheckFailed
+                    match e.downcast_ref::<DemoError>() {
+                        Some(DemoError::Options(_)) => Status::Usage,
+                        _ => Status::CheckFailed,
+                    }
                 }
             }
         }
