@@ -2,6 +2,7 @@
 //! prints for an operator; `main.rs` only parses arguments and dispatches.
 
 pub mod check_config;
+pub mod demo;
 pub mod simulate;
 pub mod tail;
 pub mod validate;

@@ -1,0 +1,851 @@
+//! `sensorgate demo`: the whole pipeline on one machine, with nothing installed.
+//!
+//! Everything runs in this process:
+//! - an MQTT broker (rumqttd) on a free port of 127.0.0.1;
+//! - librdkafka's mock Kafka cluster (three brokers) holding the demo's three topics;
+//! - the real gateway ([`crate::app::start`]) on a generated configuration that uses the
+//!   repository's `schemas/reading.v1.json`, with its outbox in a temporary directory;
+//! - simulated sensors ([`crate::cli::simulate`]) publishing readings, some of them invalid, plus
+//!   a few status messages on a topic no route matches (they become `no-route` dead letters).
+//!
+//! A third of the way in, every Kafka broker goes down for a few seconds: readings keep arriving
+//! and wait in the outbox, then drain when Kafka is back. When the sensors stop and the outbox is
+//! empty, a consumer reads every topic back from the beginning, and the summary checks that the
+//! numbers agree ([`DemoSummary::consistent`]).
+//!
+//! TODO(serial): the product contract also has one simulated serial sensor on a pseudo-terminal.
+//! Serial ingest is not in this version (the gateway ignores `[[serial]]`). When it lands, add a
+//! `[[serial]]` source on one end of a pty pair in [`write_config`] and run the simulator's
+//! `Target::Serial` on the other end next to the MQTT sensors in [`run`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppError, Handle};
+use crate::cli::simulate::{self, SimulateError, SimulateOptions, Target, Until};
+use crate::config::{Config, ConfigError};
+use crate::telemetry::Snapshot;
+
+/// The topic valid readings go to.
+pub const READINGS_TOPIC: &str = "sensors.readings";
+/// Dead letters of the readings route.
+pub const READINGS_DLQ_TOPIC: &str = "sensors.readings.DLQ";
+/// Dead letters that matched no route.
+pub const UNROUTED_DLQ_TOPIC: &str = "sensorgate.unrouted.DLQ";
+/// Every topic the demo creates and reads back.
+pub const TOPICS: [&str; 3] = [READINGS_TOPIC, READINGS_DLQ_TOPIC, UNROUTED_DLQ_TOPIC];
+/// Status messages published on a topic no route matches.
+pub const STATUS_MESSAGES: u64 = 3;
+
+/// The schema the demo validates against: the repository's own.
+const READING_SCHEMA: &str = include_str!("../../schemas/reading.v1.json");
+/// Partitions per topic.
+const PARTITIONS: i32 = 3;
+/// How long the pipeline may take to deliver everything once the sensors stopped.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How long starting the broker and the gateway's subscription may take.
+const START_LIMIT: Duration = Duration::from_secs(15);
+/// How often counters are sampled (the peak outbox depth is a sampled maximum).
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Name of the gateway's MQTT source.
+const SOURCE: &str = "demo-mqtt";
+
+/// Errors of `demo`.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// Invalid option value.
+    #[error("{0}")]
+    Options(String),
+    /// The temporary directory or the generated files could not be written.
+    #[error("temporary state directory: {0}")]
+    State(std::io::Error),
+    /// The in-process MQTT broker did not start.
+    #[error("in-process MQTT broker: {0}")]
+    Broker(String),
+    /// The mock Kafka cluster or the read-back consumer failed.
+    #[error("Kafka mock cluster: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The generated configuration was rejected.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The gateway failed.
+    #[error("gateway: {0}")]
+    App(Box<AppError>),
+    /// The simulated sensors failed.
+    #[error("simulated sensors: {0}")]
+    Simulate(Box<SimulateError>),
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Progress or summary output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+// Boxed: these are large, and every `Result` of this module carries the enum.
+impl From<AppError> for DemoError {
+    fn from(e: AppError) -> Self {
+        Self::App(Box::new(e))
+    }
+}
+
+impl From<SimulateError> for DemoError {
+    fn from(e: SimulateError) -> Self {
+        Self::Simulate(Box::new(e))
+    }
+}
+
+/// Options of `demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How long the sensors send.
+    pub duration: Duration,
+    /// Number of simulated devices.
+    pub devices: u32,
+    /// Readings per second over all devices.
+    pub rate: f64,
+    /// Share of invalid readings.
+    pub invalid_ratio: f64,
+    /// Length of the Kafka outage; it starts a third of the way into `duration` and lasts at
+    /// most a third of it.
+    pub outage: Duration,
+    /// Random seed of the sensors.
+    pub seed: Option<u64>,
+    /// Progress line interval.
+    pub progress_every: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(16),
+            devices: 20,
+            rate: 250.0,
+            invalid_ratio: 0.05,
+            outage: Duration::from_secs(4),
+            seed: None,
+            progress_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a consumer read back from one topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadBack {
+    /// Records.
+    pub records: u64,
+    /// Distinct `sensorgate.seq` headers among them (fewer than `records` means duplicates).
+    pub distinct: u64,
+}
+
+/// What a demo run did; [`DemoSummary::consistent`] says whether the numbers agree.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DemoSummary {
+    /// Readings the simulated sensors sent.
+    pub sent: u64,
+    /// Of those, readings the MQTT broker acknowledged.
+    pub acknowledged: u64,
+    /// Status messages (unrouted) the broker acknowledged.
+    pub status_messages: u64,
+    /// Invalid readings the sensors sent on purpose.
+    pub sent_invalid: u64,
+    /// Messages the gateway received.
+    pub received: u64,
+    /// Of those, readings that passed validation.
+    pub valid: u64,
+    /// Dead letters by reason (reasons that occurred).
+    pub dead_letters: BTreeMap<String, u64>,
+    /// Records evicted from a full outbox (0 unless something is badly wrong).
+    pub dropped: u64,
+    /// How long Kafka was down.
+    pub outage: Duration,
+    /// Largest outbox depth sampled while Kafka was down.
+    pub peak_outbox_during_outage: u64,
+    /// Records Kafka confirmed (readings and dead letters).
+    pub delivered: u64,
+    /// Outbox depth at the end.
+    pub outbox_left: u64,
+    /// What the consumer read back, by topic.
+    pub read_back: BTreeMap<String, ReadBack>,
+    /// Wall time of the whole demo.
+    pub elapsed: Duration,
+}
+
+impl DemoSummary {
+    /// Dead letters of every reason.
+    pub fn dead_letters_total(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    /// Records read back from `topic`.
+    pub fn read(&self, topic: &str) -> u64 {
+        self.read_back.get(topic).map_or(0, |r| r.records)
+    }
+
+    /// Every check of the demo, with whether it held.
+    pub fn checks(&self) -> Vec<(String, bool)> {
+        let dead = self.dead_letters_total();
+        let no_route = self.dead_letters.get("no-route").copied().unwrap_or(0);
+        let duplicates = self.read_back.values().all(|r| r.records == r.distinct);
+        vec![
+            (
+                format!(
+                    "received {} == acknowledged by the broker {} + status {}",
+                    self.received, self.acknowledged, self.status_messages
+                ),
+                self.received == self.acknowledged + self.status_messages,
+            ),
+            (
+                format!(
+                    "received {} == valid {} + dead letters {dead}",
+                    self.received, self.valid
+                ),
+                self.received == self.valid + dead,
+            ),
+            (
+                format!(
+                    "delivered {} == received {}, outbox empty ({} left), none dropped ({})",
+                    self.delivered, self.received, self.outbox_left, self.dropped
+                ),
+                self.delivered == self.received && self.outbox_left == 0 && self.dropped == 0,
+            ),
+            (
+                format!(
+                    "{READINGS_TOPIC} {} == valid {}",
+                    self.read(READINGS_TOPIC),
+                    self.valid
+                ),
+                self.read(READINGS_TOPIC) == self.valid,
+            ),
+            (
+                format!(
+                    "{READINGS_DLQ_TOPIC} {} + {UNROUTED_DLQ_TOPIC} {} == dead letters {dead}",
+                    self.read(READINGS_DLQ_TOPIC),
+                    self.read(UNROUTED_DLQ_TOPIC)
+                ),
+                self.read(READINGS_DLQ_TOPIC) + self.read(UNROUTED_DLQ_TOPIC) == dead
+                    && self.read(UNROUTED_DLQ_TOPIC) == no_route,
+            ),
+            ("no duplicates read back".to_owned(), duplicates),
+        ]
+    }
+
+    /// Whether every check holds.
+    pub fn consistent(&self) -> bool {
+        self.checks().iter().all(|(_, ok)| *ok)
+    }
+}
+
+/// Runs the demo, printing progress every `options.progress_every` and a summary to `out`.
+pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, DemoError> {
+    check(options)?;
+    let started = Instant::now();
+    let outage = options.outage.min(options.duration / 3);
+    let outage_at = options.duration / 3;
+
+    let dir = tempfile::Builder::new()
+        .prefix("sensorgate-demo-")
+        .tempdir()
+        .map_err(DemoError::State)?;
+    let kafka = MockCluster::new(3)?;
+    for topic in TOPICS {
+        kafka.create_topic(topic, PARTITIONS, 1)?;
+    }
+    let bootstrap = kafka.bootstrap_servers();
+    let mqtt_port = start_broker()?;
+    let config_path = write_config(dir.path(), mqtt_port, &bootstrap).map_err(DemoError::State)?;
+    let gateway = crate::app::start(Config::load(&config_path)?)?;
+
+    writeln!(
+        out,
+        "sensorgate demo: MQTT broker (rumqttd) on 127.0.0.1:{mqtt_port}, Kafka mock cluster \
+         (3 brokers) on {bootstrap}\n  gateway state in a temporary directory; {} sensors, \
+         ~{:.0} readings/s for {} s, {:.0}% invalid; Kafka down from {:.1} s to {:.1} s.\n",
+        options.devices,
+        options.rate,
+        options.duration.as_secs_f64(),
+        options.invalid_ratio * 100.0,
+        outage_at.as_secs_f64(),
+        (outage_at + outage).as_secs_f64(),
+    )?;
+    let result = drive(options, out, &gateway, &kafka, mqtt_port, outage_at, outage).await;
+    // Whatever happened, Kafka is up again and the gateway stops cleanly.
+    let _ = kafka.broker_up(-1);
+    let stopped = gateway.shutdown().await;
+    let mut summary = result?;
+    stopped?;
+
+    let bootstrap_for_reader = bootstrap.clone();
+    summary.read_back = tokio::task::spawn_blocking(move || read_back(&bootstrap_for_reader))
+        .await
+        .map_err(|e| DemoError::Timeout(format!("the read-back task failed: {e}")))??;
+    summary.elapsed = started.elapsed();
+    write_summary(out, &summary)?;
+    drop(kafka);
+    Ok(summary)
+}
+
+fn check(options: &DemoOptions) -> Result<(), DemoError> {
+    if options.devices == 0 {
+        return Err(DemoError::Options("--devices must be at least 1".into()));
+    }
+    if options.duration < Duration::from_secs(3) {
+        return Err(DemoError::Options(
+            "--duration must be at least 3s (the Kafka outage needs room)".into(),
+        ));
+    }
+    if !(options.rate.is_finite() && options.rate > 0.0) {
+        return Err(DemoError::Options("the rate must be positive".into()));
+    }
+    if !(0.0..=1.0).contains(&options.invalid_ratio) {
+        return Err(DemoError::Options(
+            "the invalid ratio must be between 0 and 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sensors, outage and progress; returns the counters once everything was delivered.
+async fn drive(
+    options: &DemoOptions,
+    out: &mut dyn Write,
+    gateway: &Handle,
+    kafka: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    mqtt_port: u16,
+    outage_at: Duration,
+    outage: Duration,
+) -> Result<DemoSummary, DemoError> {
+    let stats = gateway.stats().clone();
+    wait_for(START_LIMIT, "the gateway to subscribe", || {
+        stats.snapshot().sources_up.get(SOURCE) == Some(&true)
+    })
+    .await?;
+    let status_messages = publish_status(mqtt_port).await?;
+
+    let url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let sim_options = SimulateOptions {
+        target: Target::Mqtt {
+            url,
+            client_id: "demo-sensors".into(),
+            topic_prefix: "sensors".into(),
+        },
+        devices: options.devices,
+        rate: options.rate,
+        invalid_ratio: options.invalid_ratio,
+        until: Until::Duration(options.duration),
+        seed: options.seed,
+    };
+    // The simulator's own progress lines are not shown; the demo prints its own.
+    let mut quiet = std::io::sink();
+    let sensors = simulate::run(&sim_options, &mut quiet, CancellationToken::new());
+    tokio::pin!(sensors);
+
+    writeln!(
+        out,
+        "{:>6}  {:>8}  {:>8}  {:>12}  {:>6}  {:>9}  kafka",
+        "time", "received", "valid", "dead letters", "outbox", "delivered"
+    )?;
+    let start = Instant::now();
+    let mut sampler = tokio::time::interval(SAMPLE_EVERY);
+    sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_progress = start + options.progress_every;
+    let mut down = false;
+    let mut outage_done = false;
+    let mut peak = 0u64;
+    let mut sent: Option<simulate::Summary> = None;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            finished = &mut sensors, if sent.is_none() => {
+                sent = Some(finished?);
+                drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+            }
+            _ = sampler.tick() => {}
+        }
+        let elapsed = start.elapsed();
+        if !down && !outage_done && elapsed >= outage_at {
+            kafka.broker_down(-1)?;
+            down = true;
+            write_event(out, elapsed, "Kafka goes down (all 3 brokers)")?;
+        } else if down && elapsed >= outage_at + outage {
+            kafka.broker_up(-1)?;
+            down = false;
+            outage_done = true;
+            write_event(out, elapsed, "Kafka is back")?;
+        }
+        let snap = stats.snapshot();
+        let depth = gateway.outbox().stats().depth;
+        if down {
+            peak = peak.max(depth);
+        }
+        if Instant::now() >= next_progress {
+            next_progress += options.progress_every;
+            write_progress(out, elapsed, &snap, depth, down)?;
+        }
+        if let Some(sim) = &sent {
+            let received = snap.received_total();
+            if outage_done
+                && received >= sim.acknowledged + status_messages
+                && snap.delivered >= received
+                && depth == 0
+            {
+                write_progress(out, elapsed, &snap, depth, down)?;
+                return Ok(summary_of(sim, status_messages, &snap, depth, outage, peak));
+            }
+            if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                write_progress(out, elapsed, &snap, depth, down)?;
+                writeln!(
+                    out,
+                    "Gave up waiting after {} s: not everything was delivered.",
+                    DRAIN_LIMIT.as_secs()
+                )?;
+                return Ok(summary_of(sim, status_messages, &snap, depth, outage, peak));
+            }
+        }
+    }
+}
+
+fn summary_of(
+    sim: &simulate::Summary,
+    status_messages: u64,
+    snap: &Snapshot,
+    depth: u64,
+    outage: Duration,
+    peak: u64,
+) -> DemoSummary {
+    DemoSummary {
+        sent: sim.sent,
+        acknowledged: sim.acknowledged,
+        status_messages,
+        sent_invalid: sim.invalid_total(),
+        received: snap.received_total(),
+        valid: snap.valid,
+        dead_letters: snap
+            .dead_letters
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect(),
+        dropped: snap.dropped,
+        outage,
+        peak_outbox_during_outage: peak,
+        delivered: snap.delivered,
+        outbox_left: depth,
+        read_back: BTreeMap::new(),
+        elapsed: Duration::ZERO,
+    }
+}
+
+fn write_event(out: &mut dyn Write, elapsed: Duration, what: &str) -> std::io::Result<()> {
+    writeln!(out, "{:>5.1}s  --- {what} ---", elapsed.as_secs_f64())?;
+    out.flush()
+}
+
+fn write_progress(
+    out: &mut dyn Write,
+    elapsed: Duration,
+    snap: &Snapshot,
+    depth: u64,
+    down: bool,
+) -> std::io::Result<()> {
+    let kafka = if down { "DOWN" } else { "up" };
+    writeln!(
+        out,
+        "{:>5.1}s  {:>8}  {:>8}  {:>12}  {:>6}  {:>9}  {kafka}",
+        elapsed.as_secs_f64(),
+        snap.received_total(),
+        snap.valid,
+        snap.dead_letters_total(),
+        depth,
+        snap.delivered,
+    )?;
+    out.flush()
+}
+
+fn write_summary(out: &mut dyn Write, s: &DemoSummary) -> std::io::Result<()> {
+    let reasons = s
+        .dead_letters
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(out)?;
+    writeln!(out, "Summary")?;
+    writeln!(
+        out,
+        "  sensors sent            {} readings ({} invalid on purpose) + {} status messages",
+        s.sent, s.sent_invalid, s.status_messages
+    )?;
+    writeln!(out, "  received                {}", s.received)?;
+    writeln!(out, "  valid                   {}", s.valid)?;
+    writeln!(
+        out,
+        "  dead letters            {} ({reasons})",
+        s.dead_letters_total()
+    )?;
+    writeln!(
+        out,
+        "  Kafka outage            {:.1} s; peak outbox depth meanwhile: {} records",
+        s.outage.as_secs_f64(),
+        s.peak_outbox_during_outage
+    )?;
+    writeln!(
+        out,
+        "  delivered to Kafka      {} (outbox left: {}, dropped: {})",
+        s.delivered, s.outbox_left, s.dropped
+    )?;
+    writeln!(out, "  a consumer read back:")?;
+    for topic in TOPICS {
+        let r = s.read_back.get(topic).copied().unwrap_or_default();
+        writeln!(
+            out,
+            "    {topic:<24} {:>6} records ({} distinct)",
+            r.records, r.distinct
+        )?;
+    }
+    writeln!(out, "  checks:")?;
+    for (what, ok) in s.checks() {
+        writeln!(out, "    [{}] {what}", if ok { "ok" } else { "FAILED" })?;
+    }
+    writeln!(
+        out,
+        "  consistent: {}   (took {:.1} s)",
+        if s.consistent() { "yes" } else { "NO" },
+        s.elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "  (a simulated serial sensor is not part of this demo yet: serial ingest is not in this version)"
+    )?;
+    out.flush()
+}
+
+async fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), DemoError> {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return Err(DemoError::Timeout(what.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Starts rumqttd on a free port of 127.0.0.1 and returns the port once it accepts connections.
+/// The broker's threads live until the process ends (rumqttd has no stop call).
+fn start_broker() -> Result<u16, DemoError> {
+    let mut last_error = String::new();
+    // The free port can be taken between choosing and binding it: try a few.
+    for _ in 0..3 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| DemoError::Broker(format!("no free port: {e}")))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = broker_config(addr);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("demo-mqtt-broker".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                // Returns only when the broker cannot run.
+                let outcome = broker.start();
+                let _ = tx.send(format!("{outcome:?}"));
+            })
+            .map_err(|e| DemoError::Broker(e.to_string()))?;
+        let deadline = Instant::now() + START_LIMIT;
+        while Instant::now() < deadline {
+            if TcpStream::connect(addr).is_ok() {
+                return Ok(port);
+            }
+            if let Ok(error) = rx.try_recv() {
+                last_error = error;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if last_error.is_empty() {
+            last_error = format!("not listening on {addr} after {} s", START_LIMIT.as_secs());
+        }
+    }
+    Err(DemoError::Broker(last_error))
+}
+
+fn broker_config(listen: SocketAddr) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: 1 << 20,
+        // Unacknowledged QoS 1 publishes per connection, both ways: the simulator keeps up to
+        // 1,000 in flight, and the gateway acknowledges only after its group commit.
+        max_inflight_count: usize::from(simulate::INFLIGHT) * 2,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "demo".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 1000,
+            // The broker keeps a commit log per topic in memory: 10 segments of 10 MiB.
+            max_segment_size: 10 << 20,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("demo".to_owned(), server)])),
+        ..Default::default()
+    }
+}
+
+/// Writes the gateway's configuration and schema into `dir`; returns the configuration's path.
+/// TODO(serial): a `[[serial]]` source on a pty goes here once serial ingest exists.
+fn write_config(dir: &Path, mqtt_port: u16, bootstrap: &str) -> std::io::Result<PathBuf> {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas)?;
+    std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA)?;
+    let path = dir.join("sensorgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"# Generated by `sensorgate demo`.
+[gateway]
+id = "demo-gateway"
+state_dir = "state"
+schemas_dir = "schemas"
+log_level = "warn"
+
+[queue]
+max_bytes = "256MiB"
+commit_interval = "10ms"
+
+[kafka]
+brokers = "{bootstrap}"
+linger = "5ms"
+message_timeout = "60s"
+
+[kafka.properties]
+# Reconnect quickly once the outage ends (librdkafka's default backoff grows to 10 s).
+"reconnect.backoff.max.ms" = "500"
+
+[retry]
+initial = "100ms"
+max = "1s"
+
+[[mqtt]]
+name = "{SOURCE}"
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "demo-gateway"
+topics = ["sensors/#"]
+
+[metrics]
+listen = ""
+
+[[route]]
+source = "{SOURCE}"
+topic_filter = "sensors/+/reading"
+schema = "reading.v1.json"
+kafka_topic = "{READINGS_TOPIC}"
+key = "/device_id"
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Publishes [`STATUS_MESSAGES`] status messages on `sensors/<device>/status`, which no route
+/// matches, and returns how many the broker acknowledged.
+async fn publish_status(mqtt_port: u16) -> Result<u64, DemoError> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new("demo-status", "127.0.0.1", mqtt_port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    for n in 1..=STATUS_MESSAGES {
+        let payload = format!(r#"{{"device_id":"dev-{n:04}","status":"online"}}"#);
+        client
+            .publish(
+                format!("sensors/dev-{n:04}/status"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .map_err(|e| DemoError::Broker(e.to_string()))?;
+    }
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + START_LIMIT;
+    while acked < STATUS_MESSAGES {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(DemoError::Broker(e.to_string())),
+            Err(_) => {
+                return Err(DemoError::Timeout(
+                    "status messages to be acknowledged".into(),
+                ))
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    Ok(acked)
+}
+
+/// Reads every partition of every demo topic from the beginning up to its high watermark.
+fn read_back(bootstrap: &str) -> Result<BTreeMap<String, ReadBack>, DemoError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sensorgate-demo")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let limit = Duration::from_secs(10);
+    let mut list = TopicPartitionList::new();
+    // What each partition holds: its high watermark.
+    let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in TOPICS {
+        for partition in 0..PARTITIONS {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, limit)?;
+            if high > low {
+                remaining.insert((topic.to_owned(), partition), high);
+            }
+            list.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&list)?;
+    let mut records: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seqs: BTreeMap<String, HashSet<Vec<u8>>> = BTreeMap::new();
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while !remaining.is_empty() {
+        if Instant::now() >= deadline {
+            return Err(DemoError::Timeout(format!(
+                "reading the topics back ({} partitions not read to the end)",
+                remaining.len()
+            )));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        let topic = message.topic().to_owned();
+        *records.entry(topic.clone()).or_default() += 1;
+        let seq = message
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "sensorgate.seq")
+                    .and_then(|h| h.value.map(<[u8]>::to_vec))
+            })
+            .unwrap_or_default();
+        seqs.entry(topic.clone()).or_default().insert(seq);
+        let key = (topic, message.partition());
+        if remaining
+            .get(&key)
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            remaining.remove(&key);
+        }
+    }
+    Ok(TOPICS
+        .iter()
+        .map(|topic| {
+            let read = ReadBack {
+                records: records.get(*topic).copied().unwrap_or(0),
+                distinct: seqs.get(*topic).map_or(0, |s| s.len() as u64),
+            };
+            ((*topic).to_owned(), read)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_configuration_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), 1883, "127.0.0.1:9092").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        crate::pipeline::Rules::build(&config).expect("routes and schema compile");
+    }
+
+    #[test]
+    fn checks_fail_when_a_count_disagrees() {
+        let mut s = DemoSummary {
+            acknowledged: 97,
+            status_messages: 3,
+            received: 100,
+            valid: 90,
+            dead_letters: BTreeMap::from([("schema".into(), 7), ("no-route".into(), 3)]),
+            delivered: 100,
+            read_back: BTreeMap::from([
+                (
+                    READINGS_TOPIC.into(),
+                    ReadBack {
+                        records: 90,
+                        distinct: 90,
+                    },
+                ),
+                (
+                    READINGS_DLQ_TOPIC.into(),
+                    ReadBack {
+                        records: 7,
+                        distinct: 7,
+                    },
+                ),
+                (
+                    UNROUTED_DLQ_TOPIC.into(),
+                    ReadBack {
+                        records: 3,
+                        distinct: 3,
+                    },
+                ),
+            ]),
+            ..Default::default()
+        };
+        assert!(s.consistent(), "{:?}", s.checks());
+        s.read_back.insert(
+            READINGS_TOPIC.into(),
+            ReadBack {
+                records: 91,
+                distinct: 90,
+            },
+        );
+        assert!(!s.consistent());
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let short = DemoOptions {
+            duration: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(matches!(check(&short), Err(DemoError::Options(_))));
+        assert!(check(&DemoOptions::default()).is_ok());
+    }
+}

@@ -1,0 +1,53 @@
+//! `sensorgate demo` in process, shortened: every count of the summary must agree with the
+//! others and with what a consumer read back from Kafka.
+
+use std::time::Duration;
+
+use sensorgate::cli::demo::{
+    self, DemoOptions, READINGS_DLQ_TOPIC, READINGS_TOPIC, STATUS_MESSAGES, UNROUTED_DLQ_TOPIC,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_demo_delivers_everything_and_reads_back_consistent_counts() {
+    let options = DemoOptions {
+        duration: Duration::from_secs(6),
+        devices: 5,
+        rate: 200.0,
+        invalid_ratio: 0.1,
+        outage: Duration::from_secs(2),
+        seed: Some(42),
+        progress_every: Duration::from_secs(1),
+    };
+    let mut out = Vec::new();
+    let summary = demo::run(&options, &mut out).await.expect("demo runs");
+    let out = String::from_utf8(out).unwrap();
+
+    assert!(summary.consistent(), "{:?}\n{out}", summary.checks());
+    assert!(out.contains("consistent: yes"), "{out}");
+    assert!(
+        out.contains("Kafka goes down") && out.contains("Kafka is back"),
+        "{out}"
+    );
+
+    let dead = summary.dead_letters_total();
+    assert!(summary.sent > 500, "{out}");
+    assert_eq!(summary.acknowledged, summary.sent, "{out}");
+    assert_eq!(summary.status_messages, STATUS_MESSAGES);
+    assert_eq!(summary.received, summary.sent + STATUS_MESSAGES, "{out}");
+    assert_eq!(summary.received, summary.valid + dead, "{out}");
+    assert_eq!(summary.delivered, summary.received, "{out}");
+    assert_eq!(summary.read(READINGS_TOPIC), summary.valid, "{out}");
+    assert_eq!(
+        summary.read(READINGS_DLQ_TOPIC) + summary.read(UNROUTED_DLQ_TOPIC),
+        dead,
+        "{out}"
+    );
+    assert_eq!(summary.read(UNROUTED_DLQ_TOPIC), STATUS_MESSAGES, "{out}");
+    assert_eq!(
+        summary.sent_invalid,
+        summary.read(READINGS_DLQ_TOPIC),
+        "{out}"
+    );
+    assert!(summary.peak_outbox_during_outage > 0, "{out}");
+    assert!(summary.elapsed < Duration::from_secs(60), "{out}");
+}
