@@ -585,6 +585,9 @@ max_bytes = "64MiB"
 brokers = "{brokers}"
 message_timeout = "120s"
 
+[metrics]
+listen = ""
+
 [retry]
 initial = "100ms"
 max = "2s"
