@@ -83,5 +83,10 @@ systemd-analyze security --offline=yes "$unit_dir/sensorgate.service" | tail -n 
 step "Summary"
 grep -h -E '^(\s+Running|\s+Doc-tests|test result:)' "$logs/all-targets.log" "$logs/doc.log" \
     | sed -E 's/^\s+//' || true
+# One closing line over every test binary, so the total is not hidden behind the last one
+# (the doc-test run, which has no tests).
+passed=$(grep -h -oE '^test result: [a-z]+\. [0-9]+ passed' "$logs/all-targets.log" "$logs/doc.log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -h -oE '[0-9]+ failed' "$logs/all-targets.log" "$logs/doc.log" | awk '{s += $1} END {print s + 0}')
 echo
 echo "All checks and tests passed."
+echo "$passed passed, $failed failed"
