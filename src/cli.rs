@@ -2,6 +2,8 @@
 //! prints for an operator; `main.rs` only parses arguments and dispatches.
 
 pub mod check_config;
+pub mod dlq;
+pub mod queue;
 pub mod simulate;
 pub mod tail;
 pub mod validate;

@@ -79,6 +79,17 @@ impl Classifier {
     /// payload is kept only up to that limit and its original size recorded.
     pub fn classify(&self, reading: Reading, max_payload: usize) -> Record {
         self.stats.received(&reading.source);
+        let record = self.reclassify(reading, max_payload);
+        match &record.meta.dead_letter {
+            None => self.stats.valid(),
+            Some(info) => self.stats.dead_letter(info.reason),
+        }
+        record
+    }
+
+    /// Like [`Classifier::classify`] but without counting: for replaying a dead letter with the
+    /// current rules (it was counted when it arrived).
+    pub fn reclassify(&self, reading: Reading, max_payload: usize) -> Record {
         let rules = self.rules.load();
         let route = rules.router.find(&reading.source, &reading.origin);
         let mut meta = Meta {
@@ -141,11 +152,9 @@ impl Classifier {
 
         match verdict {
             Ok(()) => {
-                self.stats.valid();
                 meta.kafka_topic = route.map(|r| r.kafka_topic.clone()).unwrap_or_default();
             }
             Err(info) => {
-                self.stats.dead_letter(info.reason);
                 let base = route.map_or(self.unrouted_topic.as_str(), |r| r.kafka_topic.as_str());
                 meta.kafka_topic = format!("{base}{}", self.dlq_suffix);
                 meta.dead_letter = Some(info);

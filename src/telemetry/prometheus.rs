@@ -127,6 +127,12 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         s.dropped,
     );
     o.single(
+        "sensorgate_dlq_evicted_total",
+        "counter",
+        "Dead letters evicted from the local store by [dlq] retention (oldest first).",
+        s.dlq_evicted,
+    );
+    o.single(
         "sensorgate_outbox_commits_total",
         "counter",
         "Group commits of the outbox.",
