@@ -565,6 +565,78 @@ mod tests {
     use super::*;
     use crate::record::{DeadLetterInfo, Origin};
 
+    #[tokio::test]
+    async fn publish_rejected_entries_are_resent_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.json"), br#"{"type":"object"}"#).unwrap();
+        let text = r#"
+            [gateway]
+            id = "gw"
+            state_dir = "state"
+            schemas_dir = "."
+            [kafka]
+            brokers = "x:9092"
+            [[mqtt]]
+            name = "m"
+            url = "mqtt://localhost"
+            topics = ["s/#"]
+            [[route]]
+            source = "m"
+            topic_filter = "s/+"
+            schema = "r.json"
+            kafka_topic = "readings"
+        "#;
+        let config = Config::parse(text, &dir.path().join("c.toml")).unwrap();
+        let backend = Backend::direct(&config).unwrap();
+        let mut record = Record {
+            meta: Meta {
+                gateway: "gw".into(),
+                source: "m".into(),
+                origin: Origin::Mqtt {
+                    topic: "s/1".into(),
+                },
+                received_at_ms: crate::record::now_ms(),
+                route: Some("r".into()),
+                schema: Some("r.json".into()),
+                kafka_topic: "readings".into(),
+                key: Some("k".into()),
+                dead_letter: None,
+            },
+            payload: Bytes::from_static(b"{\"big\":1}"),
+        };
+        let Appended::Stored(seq) = backend.outbox.append(&mut record).unwrap() else {
+            panic!()
+        };
+        backend
+            .outbox
+            .reject(seq, record.clone(), "Broker: Message size too large")
+            .unwrap();
+        assert_eq!(backend.outbox.stats().depth, 0);
+        let Response::Replayed(report) = backend
+            .handle(Request::DlqReplay {
+                select: Selection::Ids(vec![seq, 999]),
+            })
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(
+            report.moved,
+            vec![Moved {
+                id: seq,
+                kafka_topic: "readings".into()
+            }]
+        );
+        assert_eq!(report.missing, vec![999]);
+        let queued = backend.outbox.read_after(None, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            queued[0].1, record,
+            "the same record, no longer a dead letter"
+        );
+        assert_eq!(backend.outbox.stats().dead_letters, 0);
+    }
+
     #[test]
     fn dead_letters_round_trip_through_json_text_or_base64() {
         for payload in [&b"{\"t\":\"hot\"}"[..], &b"\xff\xfe\x00bin"[..]] {
