@@ -302,3 +302,86 @@ async fn dlq_tools_work_against_a_running_and_a_stopped_daemon() {
     });
     gateway.shutdown().await.unwrap();
 }
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_process_serves_the_tools_and_sighup_makes_replay_use_the_fixed_schema() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let socket = dir.path().join("state/admin.sock");
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("SENSORGATE_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for(LONG, "the admin socket", || socket.exists()).await;
+    // Publish only once the MQTT subscription is up (the broker drops what nobody subscribed).
+    let log_path = dir.path().join("gateway.log");
+    wait_for(LONG, "the MQTT subscription", || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Subscribed"))
+    })
+    .await;
+    let warm = r#"{"device_id":"d1","seq":1,"temperature_c":200}"#;
+    let hot = r#"{"device_id":"d1","seq":2,"temperature_c":"hot"}"#;
+    let topic = "sensors/d1/reading".to_owned();
+    publish_all(
+        mqtt.port,
+        "sensor-admin-process",
+        vec![
+            (topic.clone(), warm.as_bytes().to_vec()),
+            (topic, hot.as_bytes().to_vec()),
+        ],
+    )
+    .await;
+    wait_for(LONG, "2 dead letters, listed through the socket", || {
+        let list = json(&sensorgate(&config, &["dlq", "list", "--json"]));
+        list.as_array().unwrap().len() == 2
+    })
+    .await;
+    let list = json(&sensorgate(&config, &["dlq", "list", "--json"]));
+    let warm_ids = ids_with(&list, |d| d["payload"].as_str().unwrap().contains("200"));
+    assert_eq!(warm_ids.len(), 1);
+
+    // Before the fix nothing moves.
+    let report = json(&sensorgate(&config, &["dlq", "replay", "--all", "--json"]));
+    assert_eq!(report["moved"].as_array().unwrap().len(), 0, "{report}");
+
+    // Fix the schema, SIGHUP; the daemon's replay then moves exactly the warm readings.
+    write_schema(dir.path(), 250, false);
+    signal(&daemon, "HUP");
+    let mut moved = Vec::new();
+    wait_for(LONG, "a replay with the reloaded schema", || {
+        let report = json(&sensorgate(&config, &["dlq", "replay", "--all", "--json"]));
+        moved.extend(ids_with(&report["moved"], |_| true));
+        !moved.is_empty()
+    })
+    .await;
+    moved.sort();
+    assert_eq!(moved, warm_ids);
+    let left = json(&sensorgate(&config, &["dlq", "list", "--json"]));
+    assert!(ids_with(&left, |d| d["payload"].as_str().unwrap().contains("200")).is_empty());
+    assert!(!ids_with(&left, |_| true).is_empty(), "the hot ones stay");
+
+    let stats = json(&sensorgate(&config, &["queue", "stats", "--json"]));
+    assert_eq!(stats["daemon_running"], true, "{stats}");
+
+    signal(&daemon, "TERM");
+    let status = blocking(|| daemon.wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the admin socket is removed at shutdown");
+}
