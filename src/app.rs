@@ -15,6 +15,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminError};
 use crate::config::{Config, ConfigError};
 use crate::ingest::mqtt::{MqttError, MqttSource};
 use crate::ingest::serial::{SerialError, SerialSource};
@@ -75,6 +76,9 @@ pub enum AppError {
         /// What failed.
         error: SerialError,
     },
+    /// The admin socket cannot be served.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// A task panicked or was aborted.
     #[error("task failed: {0}")]
     Task(String),
@@ -191,9 +195,10 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         source,
     })?;
     let stats = Arc::new(Stats::default());
-    let outbox = Arc::new(Outbox::open(
+    let outbox = Arc::new(Outbox::open_with(
         &config.gateway.state_dir,
         &config.queue,
+        &config.dlq,
         stats.clone(),
     )?);
     let classifier = Arc::new(Classifier::new(&config, rules, stats.clone()));
@@ -218,6 +223,8 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
             source,
         })?)
     };
+    let admin_path = config.gateway.admin_socket_path();
+    let admin_listener = admin::server::bind(&admin_path)?;
     let stop = CancellationToken::new();
     let queued = outbox.stats();
     tracing::info!(
@@ -239,6 +246,18 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         tracing::info!(listen = %config.metrics.listen, "Serving /metrics, /healthz and /readyz");
         tokio::spawn(http::serve(listener, endpoint, stop.clone()));
     }
+    tracing::info!(path = %admin_path.display(), "Serving the admin API");
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        admin_path,
+        Arc::new(admin::Backend::daemon(
+            outbox.clone(),
+            classifier.clone(),
+            stats.clone(),
+        )),
+        admin_stop.clone(),
+    ));
     let config_path = config.path.clone();
     let supervisor = tokio::spawn(supervise(
         config,
@@ -247,6 +266,7 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         stats.clone(),
         publisher,
         stop.clone(),
+        (admin_task, admin_stop),
     ));
     Ok(Handle {
         config_path,
@@ -265,6 +285,7 @@ async fn supervise(
     stats: Arc<Stats>,
     publisher: Publisher,
     stop: CancellationToken,
+    admin: (tokio::task::JoinHandle<()>, CancellationToken),
 ) -> Result<(), AppError> {
     let ingest_stop = CancellationToken::new();
     let publish_stop = CancellationToken::new();
@@ -366,6 +387,9 @@ async fn supervise(
         }
     }
     notify_stop.cancel();
+    // The admin API stays up while the outbox drains; it removes its socket file when it ends.
+    admin.1.cancel();
+    let _ = admin.0.await;
     outbox.flush()?;
     let left = outbox.stats();
     tracing::info!(outbox_depth = left.depth, "Stopped");

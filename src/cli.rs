@@ -3,6 +3,8 @@
 
 pub mod check_config;
 pub mod demo;
+pub mod dlq;
+pub mod queue;
 pub mod simulate;
 pub mod tail;
 pub mod validate;

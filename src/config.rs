@@ -51,6 +51,9 @@ pub struct Config {
     /// The HTTP endpoint for metrics and health.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Retention of the local dead-letter store.
+    #[serde(default)]
+    pub dlq: DlqConfig,
     /// The file this configuration was read from (not a key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -72,6 +75,20 @@ pub struct GatewayConfig {
     /// Log filter when `RUST_LOG` is not set, e.g. "info" or "sensorgate=debug,info".
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The admin API's Unix socket (`sensorgate dlq`, `sensorgate queue` talk to a running
+    /// daemon through it); default `<state_dir>/admin.sock`. Created with mode 0660, owned by the
+    /// user and group the daemon runs as.
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    /// The admin socket's path: `admin_socket`, or `<state_dir>/admin.sock`.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("admin.sock"))
+    }
 }
 
 impl Default for GatewayConfig {
@@ -81,6 +98,7 @@ impl Default for GatewayConfig {
             state_dir: default_state_dir(),
             schemas_dir: default_schemas_dir(),
             log_level: default_log_level(),
+            admin_socket: None,
         }
     }
 }
@@ -545,6 +563,43 @@ fn default_metrics_listen() -> String {
     "127.0.0.1:9898".to_owned()
 }
 
+/// `[dlq]`: retention of the local dead-letter store. When a bound is exceeded the oldest dead
+/// letters are evicted (counted as `sensorgate_dlq_evicted_total`); checked on every append of a
+/// dead letter and at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Most dead letters kept.
+    #[serde(default = "default_dlq_max_entries")]
+    pub max_entries: u64,
+    /// Most bytes (keys + stored records) kept.
+    #[serde(default = "default_dlq_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Dead letters received longer ago than this are evicted.
+    #[serde(default = "default_dlq_max_age", with = "units::duration")]
+    pub max_age: Duration,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_dlq_max_entries(),
+            max_bytes: default_dlq_max_bytes(),
+            max_age: default_dlq_max_age(),
+        }
+    }
+}
+
+const fn default_dlq_max_entries() -> u64 {
+    100_000
+}
+const fn default_dlq_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+const fn default_dlq_max_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
 /// One thing wrong with a configuration, tied to the key that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -625,6 +680,7 @@ impl Config {
         };
         resolve(&mut config.gateway.state_dir);
         resolve(&mut config.gateway.schemas_dir);
+        config.gateway.admin_socket.as_mut().map(resolve);
         for mqtt in &mut config.mqtt {
             mqtt.password_file.as_mut().map(resolve);
             mqtt.ca_file.as_mut().map(resolve);

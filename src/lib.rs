@@ -20,6 +20,8 @@
 //!   module doc); [`outbox::committer`] group-commits and acknowledges.
 //! - [`publish`]: the Kafka producer loop, error classification, backoff and circuit breaker.
 //! - [`telemetry`]: every counter.
+//! - [`admin`]: the operator's API (`dlq`, `queue stats`): a Unix socket served by the daemon,
+//!   or the state directory opened directly when no daemon runs; one backend for both.
 //! - [`app`]: starts, supervises and stops the tasks; [`cli`]: subcommands other than `run`.
 //!
 //! # Guarantee
@@ -27,6 +29,7 @@
 //! Kafka, or a counted drop. Delivery is at-least-once; records carry `sensorgate.gateway` and
 //! `sensorgate.seq` headers so consumers can de-duplicate.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

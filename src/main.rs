@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Parser, Subcommand};
+use sensorgate::admin::{AdminError, Filter, Selection};
 use sensorgate::app::AppError;
 use sensorgate::cli::demo::{DemoError, DemoOptions};
 use sensorgate::cli::simulate::{SimulateOptions, Target, Until};
@@ -15,6 +16,7 @@ use sensorgate::cli::tail::{TailOptions, DEFAULT_GROUP};
 use sensorgate::cli::{self, Status};
 use sensorgate::config::units::parse_duration;
 use sensorgate::config::{Config, DEFAULT_PATH};
+use sensorgate::record::{now_ms, Reason};
 use sensorgate::telemetry::logging;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +100,17 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// The local dead-letter store (through the running daemon's admin socket, or the state
+    /// directory when no daemon runs).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The outbox.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Consume Kafka topics and print each record, or aggregate per device with --stats.
     Tail {
         /// Kafka bootstrap servers, e.g. localhost:9092.
@@ -126,6 +139,146 @@ enum Command {
         #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
         properties: Vec<(String, String)>,
     },
+}
+
+/// `--config`, for the admin commands.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Configuration file (names the state directory and the admin socket).
+    #[arg(long, env = "SENSORGATE_CONFIG", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters (the most recent ones with --limit), oldest first.
+    List {
+        /// Only this reason (no-route, not-json, schema, too-large, publish-rejected).
+        #[arg(long, value_parser = parse_reason)]
+        reason: Option<Reason>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only those received since: an RFC 3339 time or a duration ago ("2h").
+        #[arg(long, value_name = "T", value_parser = parse_since)]
+        since: Option<u64>,
+        /// At most N, the most recent.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show one dead letter: metadata, every violation, the payload.
+    Show {
+        /// Its id.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Re-validate with the current schemas and move what passes to the outbox;
+    /// publish-rejected entries are re-sent as they are. Exit 1 if some still fail.
+    #[command(group(ArgGroup::new("which").required(true).args(["ids", "all"])))]
+    Replay {
+        /// Ids to replay.
+        ids: Vec<u64>,
+        /// Every dead letter (narrow with --reason).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this reason.
+        #[arg(long, value_parser = parse_reason, requires = "all")]
+        reason: Option<Reason>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Delete dead letters.
+    #[command(group(ArgGroup::new("which").required(true).args(["ids", "all", "older_than"])))]
+    Purge {
+        /// Ids to delete.
+        ids: Vec<u64>,
+        /// Every dead letter (narrow with --older-than).
+        #[arg(long)]
+        all: bool,
+        /// Only those received longer ago than this ("7d").
+        #[arg(long, value_name = "D", value_parser = parse_duration, conflicts_with = "ids")]
+        older_than: Option<Duration>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print every dead letter, one JSON object per line (payload as text, or base64 with
+    /// "encoding":"base64").
+    Export {
+        /// Output format.
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Outbox depth, bytes, oldest record age, per-route counts, DLQ size, Kafka state.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn parse_reason(text: &str) -> Result<Reason, String> {
+    Reason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| {
+            let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+            format!("`{text}` is not a reason; one of {}", all.join(", "))
+        })
+}
+
+fn parse_since(text: &str) -> Result<u64, String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| e.to_string());
+    }
+    let ago = parse_duration(text)
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor a duration"))?;
+    Ok(now_ms().saturating_sub(ago.as_millis() as u64))
+}
+
+/// Loads the configuration and runs an admin command; errors print and exit 1 (2 for a bad
+/// configuration).
+fn admin_tool<F>(path: &std::path::Path, task: impl FnOnce(Config) -> F) -> Status
+where
+    F: Future<Output = Result<Status, AdminError>>,
+{
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sensorgate: {e}");
+            return Status::Usage;
+        }
+    };
+    logging::init("warn");
+    match run_tool(|_stop| task(config)) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("sensorgate: {e:#}");
+            Status::CheckFailed
+        }
+    }
 }
 
 /// How often `tail --stats` prints the table while running.
@@ -344,6 +497,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { command } => dlq(command),
+        Command::Queue {
+            command: QueueCommand::Stats { json, config },
+        } => admin_tool(&config.config, |config| async move {
+            cli::queue::stats(&config, json, &mut std::io::stdout()).await
+        }),
         Command::Tail {
             brokers,
             topic,
@@ -378,4 +537,74 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(status as u8)
+}
+
+fn dlq(command: DlqCommand) -> Status {
+    let mut out = std::io::stdout();
+    match command {
+        DlqCommand::List {
+            reason,
+            source,
+            since,
+            limit,
+            json,
+            config,
+        } => {
+            let filter = Filter {
+                reason,
+                source,
+                since_ms: since,
+                before_ms: None,
+                limit,
+            };
+            admin_tool(&config.config, |config| async move {
+                cli::dlq::list(&config, filter, json, &mut out).await
+            })
+        }
+        DlqCommand::Show { id, json, config } => admin_tool(&config.config, |config| async move {
+            cli::dlq::show(&config, id, json, &mut out).await
+        }),
+        DlqCommand::Replay {
+            ids,
+            all,
+            reason,
+            json,
+            config,
+        } => {
+            let select = if all {
+                Selection::All(Filter {
+                    reason,
+                    ..Filter::default()
+                })
+            } else {
+                Selection::Ids(ids)
+            };
+            admin_tool(&config.config, |config| async move {
+                cli::dlq::replay(&config, select, json, &mut out).await
+            })
+        }
+        DlqCommand::Purge {
+            ids,
+            all,
+            older_than,
+            config,
+        } => {
+            let select = if all || older_than.is_some() {
+                Selection::All(Filter {
+                    before_ms: older_than.map(|d| now_ms().saturating_sub(d.as_millis() as u64)),
+                    ..Filter::default()
+                })
+            } else {
+                Selection::Ids(ids)
+            };
+            admin_tool(&config.config, |config| async move {
+                cli::dlq::purge(&config, select, &mut out).await
+            })
+        }
+        DlqCommand::Export { format: _, config } => {
+            admin_tool(&config.config, |config| async move {
+                cli::dlq::export(&config, &mut out).await
+            })
+        }
+    }
 }

@@ -15,6 +15,9 @@
 //!   across restarts and also across a fresh database (a wiped state directory, or a corrupt one
 //!   moved aside), as long as the clock was set when the database was created.
 //! - The byte bound counts key + value bytes of the `queue` tree only.
+//! - The `dlq` tree is bounded separately by `[dlq]` (entries, bytes, age): the oldest dead
+//!   letters are evicted first, counted in [`crate::telemetry::Stats`]; checked on every insert
+//!   into the tree (counters kept in memory, one peek at the oldest entry) and at open.
 //!
 //! # Trees
 //! - `queue`: seq (u64 big-endian) → record
@@ -50,7 +53,7 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::config::{QueueConfig, WhenFull};
+use crate::config::{DlqConfig, QueueConfig, WhenFull};
 use crate::record::{DeadLetterInfo, Meta, Reason, Record, Violation};
 use crate::telemetry::Stats;
 
@@ -140,7 +143,7 @@ fn seq_of(key: &[u8]) -> u64 {
 }
 
 /// Outbox depth and age, for `queue stats`, status lines and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     /// Records waiting.
     pub depth: u64,
@@ -150,6 +153,9 @@ pub struct QueueStats {
     pub oldest_received_ms: Option<u64>,
     /// Dead letters in the local store.
     pub dead_letters: u64,
+    /// Their bytes (keys + values).
+    #[serde(default)]
+    pub dead_letter_bytes: u64,
 }
 
 /// What [`Outbox::append`] did.
@@ -175,14 +181,28 @@ pub struct Outbox {
     fsync: bool,
     bytes: AtomicU64,
     depth: AtomicU64,
+    dlq_limits: DlqConfig,
+    dlq_count: AtomicU64,
+    dlq_bytes: AtomicU64,
     appended: Notify,
     freed: Notify,
     stats: Arc<Stats>,
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox in `state_dir`, moving a corrupt database aside.
+    /// Opens (or creates) the outbox in `state_dir`, moving a corrupt database aside, with the
+    /// default `[dlq]` retention.
     pub fn open(state_dir: &Path, config: &QueueConfig, stats: Arc<Stats>) -> Result<Self> {
+        Self::open_with(state_dir, config, &DlqConfig::default(), stats)
+    }
+
+    /// Opens (or creates) the outbox in `state_dir` and applies the `[dlq]` retention at once.
+    pub fn open_with(
+        state_dir: &Path,
+        config: &QueueConfig,
+        dlq_limits: &DlqConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|source| OutboxError::StateDir {
             path: state_dir.to_owned(),
             source,
@@ -245,7 +265,16 @@ impl Outbox {
             bytes += (k.len() + v.len()) as u64;
             depth += 1;
         }
-        Ok(Self {
+        let (mut dlq_count, mut dlq_bytes) = (0u64, 0u64);
+        for item in dlq.iter() {
+            let (k, v) = item.map_err(|source| OutboxError::Sled {
+                path: path.clone(),
+                source,
+            })?;
+            dlq_bytes += (k.len() + v.len()) as u64;
+            dlq_count += 1;
+        }
+        let outbox = Self {
             path,
             db,
             queue,
@@ -257,10 +286,15 @@ impl Outbox {
             fsync: config.fsync,
             bytes: AtomicU64::new(bytes),
             depth: AtomicU64::new(depth),
+            dlq_limits: dlq_limits.clone(),
+            dlq_count: AtomicU64::new(dlq_count),
+            dlq_bytes: AtomicU64::new(dlq_bytes),
             appended: Notify::new(),
             freed: Notify::new(),
             stats,
-        })
+        };
+        outbox.enforce_dlq_retention()?;
+        Ok(outbox)
     }
 
     fn sled_err(&self, source: sled::Error) -> OutboxError {
@@ -287,9 +321,7 @@ impl Outbox {
             }
         }
         if record.meta.dead_letter.is_some() {
-            self.dlq
-                .insert(key(seq), value.as_slice())
-                .map_err(|e| self.sled_err(e))?;
+            self.dlq_insert(seq, &value)?;
         }
         self.queue
             .insert(key(seq), value)
@@ -415,9 +447,7 @@ impl Outbox {
                 ))],
                 original_len: None,
             });
-            self.dlq
-                .insert(key(seq), encode(&record))
-                .map_err(|e| self.sled_err(e))?;
+            self.dlq_insert(seq, &encode(&record))?;
             self.stats.dead_letter(Reason::PublishRejected);
         }
         self.remove(&[seq])
@@ -436,8 +466,98 @@ impl Outbox {
             depth: self.depth.load(SeqCst),
             bytes: self.bytes.load(SeqCst),
             oldest_received_ms,
-            dead_letters: self.dlq.len() as u64,
+            dead_letters: self.dlq_count.load(SeqCst),
+            dead_letter_bytes: self.dlq_bytes.load(SeqCst),
         }
+    }
+
+    fn dlq_insert(&self, id: u64, value: &[u8]) -> Result<()> {
+        let k = key(id);
+        if let Some(old) = self.dlq.insert(k, value).map_err(|e| self.sled_err(e))? {
+            self.dlq_count.fetch_sub(1, SeqCst);
+            self.dlq_bytes
+                .fetch_sub((k.len() + old.len()) as u64, SeqCst);
+        }
+        self.dlq_count.fetch_add(1, SeqCst);
+        self.dlq_bytes
+            .fetch_add((k.len() + value.len()) as u64, SeqCst);
+        self.enforce_dlq_retention()
+    }
+
+    fn dlq_remove_key(&self, k: &[u8]) -> Result<bool> {
+        match self.dlq.remove(k).map_err(|e| self.sled_err(e))? {
+            Some(old) => {
+                self.dlq_count.fetch_sub(1, SeqCst);
+                self.dlq_bytes
+                    .fetch_sub((k.len() + old.len()) as u64, SeqCst);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Evicts the oldest dead letters while the store exceeds `[dlq]` max_entries or
+    /// max_bytes, or its oldest entry is older than max_age.
+    fn enforce_dlq_retention(&self) -> Result<()> {
+        let limits = &self.dlq_limits;
+        let max_age_ms = u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = crate::record::now_ms().saturating_sub(max_age_ms);
+        let mut evicted = 0u64;
+        loop {
+            let over = self.dlq_count.load(SeqCst) > limits.max_entries
+                || self.dlq_bytes.load(SeqCst) > limits.max_bytes.bytes();
+            let Some((k, v)) = self.dlq.first().map_err(|e| self.sled_err(e))? else {
+                break;
+            };
+            let expired = !over
+                && decode(&v)
+                    .map(|r| r.meta.received_at_ms < cutoff)
+                    .unwrap_or(false);
+            if !(over || expired) {
+                break;
+            }
+            if self.dlq_remove_key(&k)? {
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            self.stats.dlq_evicted(evicted);
+            tracing::warn!(
+                evicted,
+                max_entries = limits.max_entries,
+                max_bytes = limits.max_bytes.bytes(),
+                max_age_s = limits.max_age.as_secs(),
+                "Local dead-letter store over its [dlq] bounds: evicted the oldest dead letters"
+            );
+        }
+        Ok(())
+    }
+
+    /// One dead letter by id.
+    pub fn dead_letter(&self, id: u64) -> Result<Option<Record>> {
+        match self.dlq.get(key(id)).map_err(|e| self.sled_err(e))? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes a dead letter from the local store (replayed or purged); false if absent.
+    pub fn remove_dead_letter(&self, id: u64) -> Result<bool> {
+        self.dlq_remove_key(&key(id))
+    }
+
+    /// Records waiting in the queue, by route (`""` for records without one). Scans the queue.
+    pub fn route_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut counts = std::collections::BTreeMap::new();
+        for item in self.queue.iter() {
+            let (_, v) = item.map_err(|e| self.sled_err(e))?;
+            let route = decode(&v)
+                .ok()
+                .and_then(|r| r.meta.route)
+                .unwrap_or_default();
+            *counts.entry(route).or_insert(0) += 1;
+        }
+        Ok(counts)
     }
 
     /// Every dead letter in the local store, oldest first.
@@ -618,6 +738,8 @@ mod tests {
         )
         .unwrap();
         let mut dead = record("t.DLQ", b"{bad");
+        // Recent, so that [dlq] max_age keeps it.
+        dead.meta.received_at_ms = crate::record::now_ms();
         dead.meta.dead_letter = Some(DeadLetterInfo {
             id: 0,
             reason: Reason::NotJson,
@@ -632,7 +754,9 @@ mod tests {
         assert_eq!(stored[0].meta.dead_letter.as_ref().unwrap().id, seq);
         assert_eq!(&stored[0].payload[..], b"{bad");
 
-        let Appended::Stored(seq) = outbox.append(&mut record("t", b"{}")).unwrap() else {
+        let mut fresh = record("t", b"{}");
+        fresh.meta.received_at_ms = crate::record::now_ms();
+        let Appended::Stored(seq) = outbox.append(&mut fresh).unwrap() else {
             panic!()
         };
         let (_, rec) = outbox.read_after(None, 10).unwrap().pop().unwrap();
@@ -645,6 +769,68 @@ mod tests {
             Reason::PublishRejected
         );
         assert_eq!(outbox.stats().depth, 1);
+    }
+
+    #[test]
+    fn dlq_retention_evicts_the_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let limits = DlqConfig {
+            max_entries: 3,
+            ..DlqConfig::default()
+        };
+        let dead = |received_at_ms: u64| {
+            let mut r = record("t.DLQ", b"{bad");
+            r.meta.received_at_ms = received_at_ms;
+            r.meta.dead_letter = Some(DeadLetterInfo {
+                id: 0,
+                reason: Reason::NotJson,
+                errors: vec![],
+                original_len: None,
+            });
+            r
+        };
+        let now = crate::record::now_ms();
+        let cfg = config(1 << 20, WhenFull::DropOldest);
+        let mut ids = Vec::new();
+        {
+            let outbox = Outbox::open_with(dir.path(), &cfg, &limits, stats.clone()).unwrap();
+            for _ in 0..5 {
+                let Appended::Stored(id) = outbox.append(&mut dead(now)).unwrap() else {
+                    panic!()
+                };
+                ids.push(id);
+            }
+            let kept: Vec<u64> = outbox
+                .dead_letters()
+                .unwrap()
+                .iter()
+                .map(|r| r.meta.dead_letter.as_ref().unwrap().id)
+                .collect();
+            assert_eq!(kept, ids[2..], "the oldest two were evicted");
+            assert_eq!(stats.snapshot().dlq_evicted, 2);
+            assert_eq!(outbox.stats().dead_letters, 3);
+            // An old one lands at the tail; age is checked on the oldest entry.
+            outbox.remove_dead_letter(ids[2]).unwrap();
+            outbox.remove_dead_letter(ids[3]).unwrap();
+            outbox.remove_dead_letter(ids[4]).unwrap();
+            outbox
+                .append(&mut dead(now - 40 * 24 * 3600 * 1000))
+                .unwrap();
+            assert_eq!(outbox.stats().dead_letters, 0, "older than max_age");
+            outbox.append(&mut dead(now)).unwrap();
+            outbox.append(&mut dead(now)).unwrap();
+            outbox.flush().unwrap();
+        }
+        // At open, with tighter bounds.
+        let tight = DlqConfig {
+            max_entries: 1,
+            ..DlqConfig::default()
+        };
+        let outbox = Outbox::open_with(dir.path(), &cfg, &tight, stats.clone()).unwrap();
+        assert_eq!(outbox.stats().dead_letters, 1);
+        assert_eq!(stats.snapshot().dlq_evicted, 4);
+        assert!(outbox.stats().dead_letter_bytes > 0);
     }
 
     #[test]

@@ -103,7 +103,31 @@ impl Classifier {
     /// the source's size limit; an oversize payload is kept only up to that limit and its
     /// original size recorded. The payload is parsed only when a route matches, so an
     /// unrouted payload is `no-route` whatever it holds.
-    pub fn classify(&self, mut reading: Reading, max_payload: usize) -> Record {
+    pub fn classify(&self, reading: Reading, max_payload: usize) -> Record {
+        self.stats.received(&reading.source);
+        self.counted(self.reclassify(reading, max_payload))
+    }
+
+    /// Routes and validates one reading that its source already framed and decoded (serial
+    /// lines). A [`Framed::Rejected`] reading is a dead letter with that reason even when no
+    /// route matches: what is wrong with the bytes is the more useful news. Dead letters keep
+    /// `reading.payload`; a valid [`Framed::Converted`] reading is sent as its document's JSON.
+    pub fn classify_framed(&self, reading: Reading, framed: Framed) -> Record {
+        self.stats.received(&reading.source);
+        self.counted(self.decide(reading, Some(framed)))
+    }
+
+    fn counted(&self, record: Record) -> Record {
+        match &record.meta.dead_letter {
+            None => self.stats.valid(),
+            Some(info) => self.stats.dead_letter(info.reason),
+        }
+        record
+    }
+
+    /// Like [`Classifier::classify`] but without counting: for replaying a dead letter with the
+    /// current rules (it was counted when it arrived).
+    pub fn reclassify(&self, mut reading: Reading, max_payload: usize) -> Record {
         if reading.payload.len() > max_payload {
             let original = reading.payload.len();
             reading.payload.truncate(max_payload);
@@ -119,18 +143,9 @@ impl Classifier {
         self.decide(reading, None)
     }
 
-    /// Routes and validates one reading that its source already framed and decoded (serial
-    /// lines). A [`Framed::Rejected`] reading is a dead letter with that reason even when no
-    /// route matches: what is wrong with the bytes is the more useful news. Dead letters keep
-    /// `reading.payload`; a valid [`Framed::Converted`] reading is sent as its document's JSON.
-    pub fn classify_framed(&self, reading: Reading, framed: Framed) -> Record {
-        self.decide(reading, Some(framed))
-    }
-
     /// The one place where routing, validation and dead-lettering happen. `framed: None` means
     /// "parse the payload as JSON once a route matched".
     fn decide(&self, reading: Reading, framed: Option<Framed>) -> Record {
-        self.stats.received(&reading.source);
         let rules = self.rules.load();
         let route = rules.router.find(&reading.source, &reading.origin);
         let mut meta = Meta {
@@ -204,11 +219,9 @@ impl Classifier {
 
         match verdict {
             Ok(()) => {
-                self.stats.valid();
                 meta.kafka_topic = route.map(|r| r.kafka_topic.clone()).unwrap_or_default();
             }
             Err(info) => {
-                self.stats.dead_letter(info.reason);
                 let base = route.map_or(self.unrouted_topic.as_str(), |r| r.kafka_topic.as_str());
                 meta.kafka_topic = format!("{base}{}", self.dlq_suffix);
                 meta.dead_letter = Some(info);

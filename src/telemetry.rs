@@ -28,6 +28,7 @@ pub struct Stats {
     valid: AtomicU64,
     dead_letters: [AtomicU64; Reason::ALL.len()],
     dropped: AtomicU64,
+    dlq_evicted: AtomicU64,
     commits: AtomicU64,
     committed: AtomicU64,
     delivered: AtomicU64,
@@ -156,6 +157,8 @@ pub struct Snapshot {
     pub dead_letters: BTreeMap<String, u64>,
     /// Records evicted from a full outbox.
     pub dropped: u64,
+    /// Dead letters evicted from the local store by `[dlq]` retention.
+    pub dlq_evicted: u64,
     /// Group commits (flush + fsync) of the outbox.
     pub commits: u64,
     /// Records those commits made durable.
@@ -285,6 +288,10 @@ impl Stats {
     pub fn dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Relaxed);
     }
+    /// `n` dead letters were evicted from the local store by retention.
+    pub fn dlq_evicted(&self, n: u64) {
+        self.dlq_evicted.fetch_add(n, Relaxed);
+    }
     /// A group commit made `records` durable.
     pub fn committed(&self, records: u64) {
         self.commits.fetch_add(1, Relaxed);
@@ -375,6 +382,7 @@ impl Stats {
                 })
                 .collect(),
             dropped: self.dropped.load(Relaxed),
+            dlq_evicted: self.dlq_evicted.load(Relaxed),
             commits: self.commits.load(Relaxed),
             committed: self.committed.load(Relaxed),
             delivered: self.delivered.load(Relaxed),

@@ -135,6 +135,14 @@ fn example_config_values_are_the_built_in_defaults() {
 
     assert_eq!(example.metrics.listen, defaults.metrics.listen);
     assert_eq!(example.gateway.log_level, defaults.gateway.log_level);
+
+    assert_eq!(example.dlq.max_entries, defaults.dlq.max_entries);
+    assert_eq!(example.dlq.max_bytes, defaults.dlq.max_bytes);
+    assert_eq!(example.dlq.max_age, defaults.dlq.max_age);
+    assert_eq!(
+        defaults.gateway.admin_socket_path(),
+        defaults.gateway.state_dir.join("admin.sock")
+    );
 }
 
 #[test]
@@ -147,6 +155,7 @@ fn commented_out_keys_in_the_example_are_accepted() {
         .map(|line| {
             let keys = [
                 "id",
+                "admin_socket",
                 "client_id",
                 "username",
                 "password_file",
@@ -166,6 +175,10 @@ fn commented_out_keys_in_the_example_are_accepted() {
     assert!(uncommented >= 10, "only {uncommented} commented keys found");
     let config = Config::parse(&text, &example_path()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.gateway.id, "pi-greenhouse-07");
+    assert_eq!(
+        config.gateway.admin_socket_path(),
+        std::path::Path::new("/var/lib/sensorgate/admin.sock")
+    );
     assert_eq!(
         config.mqtt[0].client_id("ignored"),
         "sensorgate-pi-greenhouse-07-local"

@@ -127,6 +127,12 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         s.dropped,
     );
     o.single(
+        "sensorgate_dlq_evicted_total",
+        "counter",
+        "Dead letters evicted from the local store by [dlq] retention (oldest first).",
+        s.dlq_evicted,
+    );
+    o.single(
         "sensorgate_outbox_commits_total",
         "counter",
         "Group commits of the outbox.",
@@ -265,6 +271,7 @@ mod tests {
         stats.dead_letter(Reason::Schema);
         stats.delivered("sensors.readings", false, Duration::from_millis(3));
         stats.source_up("local", true);
+        stats.dlq_evicted(3);
         let text = render(
             &stats.snapshot(),
             &Gauges {
@@ -275,6 +282,7 @@ mod tests {
         );
         assert!(text.contains("sensorgate_readings_received_total{source=\"local\"} 1\n"));
         assert!(text.contains("sensorgate_dead_letters_total{reason=\"schema\"} 1\n"));
+        assert!(text.contains("sensorgate_dlq_evicted_total 3\n"));
         assert!(text.contains("sensorgate_kafka_deliveries_total{topic=\"sensors.readings\"} 1\n"));
         assert!(text.contains("sensorgate_kafka_publish_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("sensorgate_kafka_publish_latency_seconds_bucket{le=\"0.0025\"} 0\n"));

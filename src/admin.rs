@@ -1,0 +1,673 @@
+//! The admin API: what `sensorgate dlq …` and `sensorgate queue stats` ask, and the one
+//! [`Backend`] that answers, over the outbox and the current routes and schemas.
+//!
+//! sled lets one process open a database, so while `sensorgate run` is up the CLI cannot open
+//! the state directory: the daemon serves the API on a Unix socket ([`server`], default
+//! `<state_dir>/admin.sock`, mode 0660). [`call`] tries that socket first and, when nobody
+//! listens (no socket file, or a stale one: `ENOENT`/`ECONNREFUSED`), opens the state directory
+//! itself and runs the same [`Backend`], with the rules compiled from the configuration. The
+//! operator never has to know which.
+//!
+//! # Protocol
+//! One JSON [`Request`] on one line (`{"cmd":"dlq-list","filter":{"reason":"schema"}}`), one
+//! JSON [`Response`] on one line back, then the daemon closes the connection.
+
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::config::{Config, ConfigError};
+use crate::outbox::{Appended, Outbox, OutboxError, QueueStats};
+use crate::pipeline::{Classifier, Rules, RulesError};
+use crate::record::{Meta, Reading, Reason, Record, Violation};
+use crate::telemetry::Stats;
+
+/// Longest request or response line accepted (a full export can be large).
+pub const MAX_LINE: u64 = 1 << 30;
+
+/// Errors of the admin API.
+#[derive(Debug, Error)]
+pub enum AdminError {
+    /// The admin socket exists but cannot be used (permissions, …).
+    #[error("admin socket {path}: {source}")]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The outbox failed (direct mode, or in the daemon).
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The configuration could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The routes or schemas do not compile (needed for replay).
+    #[error("{path}: {source}")]
+    Rules {
+        /// The configuration file.
+        path: PathBuf,
+        /// What failed.
+        source: RulesError,
+    },
+    /// A message on the socket is not what the protocol says.
+    #[error("admin protocol: {0}")]
+    Protocol(String),
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Remote(String),
+    /// Writing the output failed.
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Which dead letters a command applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// Only this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Only this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Only those received at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// Only those received before this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_ms: Option<u64>,
+    /// At most this many: the most recent ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, meta: &Meta) -> bool {
+        let reason = meta.dead_letter.as_ref().map(|d| d.reason);
+        self.reason.is_none_or(|r| reason == Some(r))
+            && self.source.as_ref().is_none_or(|s| *s == meta.source)
+            && self.since_ms.is_none_or(|t| meta.received_at_ms >= t)
+            && self.before_ms.is_none_or(|t| meta.received_at_ms < t)
+    }
+}
+
+/// Which dead letters: by id, or every one matching the filter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// These ids.
+    Ids(Vec<u64>),
+    /// Every dead letter the filter matches.
+    All(Filter),
+}
+
+/// A request to the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Dead letters matching a filter, oldest first.
+    DlqList {
+        /// Which.
+        #[serde(default)]
+        filter: Filter,
+    },
+    /// One dead letter.
+    DlqShow {
+        /// Its id.
+        id: u64,
+    },
+    /// Re-validate with the current rules; move what passes (and `publish-rejected` entries)
+    /// to the outbox.
+    DlqReplay {
+        /// Which.
+        select: Selection,
+    },
+    /// Delete dead letters.
+    DlqPurge {
+        /// Which.
+        select: Selection,
+    },
+    /// Every dead letter, with its payload.
+    DlqExport,
+    /// Outbox and DLQ figures.
+    QueueStats,
+}
+
+/// How a payload is carried in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// The payload is UTF-8 text.
+    Utf8,
+    /// The payload is base64 (standard alphabet, padded).
+    Base64,
+}
+
+/// A dead letter as the API and `dlq export` carry it: metadata plus the payload as text when
+/// it is UTF-8, base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Id in the local store.
+    pub id: u64,
+    /// Everything about it but the payload.
+    pub meta: Meta,
+    /// How `payload` is encoded.
+    pub encoding: Encoding,
+    /// The payload.
+    pub payload: String,
+}
+
+impl DeadLetter {
+    /// Wraps a stored dead letter.
+    pub fn from_record(record: &Record) -> Self {
+        let (encoding, payload) = match std::str::from_utf8(&record.payload) {
+            Ok(text) => (Encoding::Utf8, text.to_owned()),
+            Err(_) => (
+                Encoding::Base64,
+                base64::engine::general_purpose::STANDARD.encode(&record.payload),
+            ),
+        };
+        Self {
+            id: record.meta.dead_letter.as_ref().map_or(0, |d| d.id),
+            meta: record.meta.clone(),
+            encoding,
+            payload,
+        }
+    }
+
+    /// The payload bytes.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, AdminError> {
+        match self.encoding {
+            Encoding::Utf8 => Ok(self.payload.as_bytes().to_vec()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .map_err(|e| AdminError::Protocol(format!("dead letter {}: {e}", self.id))),
+        }
+    }
+
+    /// The stored record back.
+    pub fn to_record(&self) -> Result<Record, AdminError> {
+        Ok(Record {
+            meta: self.meta.clone(),
+            payload: Bytes::from(self.payload_bytes()?),
+        })
+    }
+
+    /// The reason, if the metadata says (it always does for stored dead letters).
+    pub fn reason(&self) -> Option<Reason> {
+        self.meta.dead_letter.as_ref().map(|d| d.reason)
+    }
+
+    /// Every recorded violation or error.
+    pub fn errors(&self) -> &[Violation] {
+        self.meta
+            .dead_letter
+            .as_ref()
+            .map_or(&[][..], |d| d.errors.as_slice())
+    }
+}
+
+/// A dead letter that moved to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// Its id in the local store (now gone).
+    pub id: u64,
+    /// The topic it is bound for now.
+    pub kafka_topic: String,
+}
+
+/// A dead letter that still fails and stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StillFailing {
+    /// Its id.
+    pub id: u64,
+    /// Why, now.
+    pub reason: Reason,
+    /// The errors under the current rules.
+    pub errors: Vec<Violation>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// Moved to the outbox (appended, committed, removed from the store).
+    pub moved: Vec<Moved>,
+    /// Still failing; left in the store.
+    pub failed: Vec<StillFailing>,
+    /// Ids that are not in the store.
+    pub missing: Vec<u64>,
+}
+
+/// What a purge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeReport {
+    /// Deleted.
+    pub purged: Vec<u64>,
+    /// Ids that are not in the store.
+    pub missing: Vec<u64>,
+}
+
+/// Kafka state as the running daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaState {
+    /// librdkafka reports every broker down.
+    pub down: bool,
+    /// The publisher is waiting out a backoff.
+    pub circuit_open: bool,
+    /// When Kafka last confirmed a delivery (ms since the epoch), if ever.
+    pub last_delivery_ms: Option<u64>,
+}
+
+/// `queue stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// Depth, bytes, oldest record, DLQ size.
+    pub queue: QueueStats,
+    /// Records waiting per route (`""`: no route, i.e. unrouted dead letters).
+    pub routes: BTreeMap<String, u64>,
+    /// Only known when a daemon answered.
+    pub kafka: Option<KafkaState>,
+    /// Dead letters evicted by retention since the daemon started (daemon only).
+    pub dlq_evicted: Option<u64>,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// `dlq list`, `dlq show`, `dlq export`.
+    DeadLetters(Vec<DeadLetter>),
+    /// `dlq replay`.
+    Replayed(ReplayReport),
+    /// `dlq purge`.
+    Purged(PurgeReport),
+    /// `queue stats`.
+    Queue(QueueReport),
+    /// The request failed.
+    Error(String),
+}
+
+/// Who answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The running daemon, over the socket.
+    Daemon,
+    /// This process, from the state directory.
+    Direct,
+}
+
+/// Answers requests over an outbox and a classifier: inside the daemon (its own, so replay uses
+/// the rules of the last reload) or in the CLI when no daemon runs.
+#[derive(Debug)]
+pub struct Backend {
+    outbox: Arc<Outbox>,
+    classifier: Result<Arc<Classifier>, String>,
+    daemon_stats: Option<Arc<Stats>>,
+}
+
+impl Backend {
+    /// The daemon's backend.
+    pub fn daemon(outbox: Arc<Outbox>, classifier: Arc<Classifier>, stats: Arc<Stats>) -> Self {
+        Self {
+            outbox,
+            classifier: Ok(classifier),
+            daemon_stats: Some(stats),
+        }
+    }
+
+    /// Opens the state directory directly. Routes and schemas are compiled from the
+    /// configuration; if they fail, everything but replay still works.
+    pub fn direct(config: &Config) -> Result<Self, AdminError> {
+        let stats = Arc::new(Stats::default());
+        let outbox = Outbox::open_with(
+            &config.gateway.state_dir,
+            &config.queue,
+            &config.dlq,
+            stats.clone(),
+        )?;
+        let classifier = Rules::build(config)
+            .map(|rules| Arc::new(Classifier::new(config, rules, stats)))
+            .map_err(|source| {
+                AdminError::Rules {
+                    path: config.path.clone(),
+                    source,
+                }
+                .to_string()
+            });
+        Ok(Self {
+            outbox: Arc::new(outbox),
+            classifier,
+            daemon_stats: None,
+        })
+    }
+
+    /// Answers one request; failures become [`Response::Error`].
+    pub async fn handle(&self, request: Request) -> Response {
+        match self.try_handle(request).await {
+            Ok(response) => response,
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    async fn try_handle(&self, request: Request) -> Result<Response, AdminError> {
+        Ok(match request {
+            Request::DlqList { filter } => Response::DeadLetters(self.list(&filter)?),
+            Request::DlqShow { id } => Response::DeadLetters(
+                self.outbox
+                    .dead_letter(id)?
+                    .map(|r| DeadLetter::from_record(&r))
+                    .into_iter()
+                    .collect(),
+            ),
+            Request::DlqExport => Response::DeadLetters(self.list(&Filter::default())?),
+            Request::DlqReplay { select } => Response::Replayed(self.replay(&select).await?),
+            Request::DlqPurge { select } => Response::Purged(self.purge(&select)?),
+            Request::QueueStats => Response::Queue(self.queue_stats()?),
+        })
+    }
+
+    fn list(&self, filter: &Filter) -> Result<Vec<DeadLetter>, AdminError> {
+        let mut out: Vec<DeadLetter> = self
+            .outbox
+            .dead_letters()?
+            .iter()
+            .filter(|r| filter.matches(&r.meta))
+            .map(DeadLetter::from_record)
+            .collect();
+        if let Some(limit) = filter.limit {
+            let skip = out.len().saturating_sub(limit);
+            out.drain(..skip);
+        }
+        Ok(out)
+    }
+
+    fn select(&self, select: &Selection) -> Result<(Vec<Record>, Vec<u64>), AdminError> {
+        match select {
+            Selection::All(filter) => Ok((
+                self.list(filter)?
+                    .iter()
+                    .map(DeadLetter::to_record)
+                    .collect::<Result<_, _>>()?,
+                Vec::new(),
+            )),
+            Selection::Ids(ids) => {
+                let (mut found, mut missing) = (Vec::new(), Vec::new());
+                for id in ids {
+                    match self.outbox.dead_letter(*id)? {
+                        Some(record) => found.push(record),
+                        None => missing.push(*id),
+                    }
+                }
+                Ok((found, missing))
+            }
+        }
+    }
+
+    async fn replay(&self, select: &Selection) -> Result<ReplayReport, AdminError> {
+        let (records, missing) = self.select(select)?;
+        let mut report = ReplayReport {
+            missing,
+            ..ReplayReport::default()
+        };
+        let mut appended = Vec::new();
+        for record in records {
+            let Some(info) = record.meta.dead_letter.clone() else {
+                continue;
+            };
+            let fresh = match info.reason {
+                // Kafka refused it, not our rules: send it again as it is, to the same topic.
+                Reason::PublishRejected => {
+                    let mut again = record.clone();
+                    again.meta.dead_letter = None;
+                    Ok(again)
+                }
+                // Only a prefix was kept: the reading itself is gone.
+                Reason::TooLarge => Err((
+                    Reason::TooLarge,
+                    vec![Violation::whole(
+                        "the payload was truncated when stored; it cannot be replayed",
+                    )],
+                )),
+                _ => {
+                    let classifier = self
+                        .classifier
+                        .as_ref()
+                        .map_err(|e| AdminError::Protocol(format!("cannot replay: {e}")))?;
+                    let reading = Reading {
+                        source: record.meta.source.as_str().into(),
+                        origin: record.meta.origin.clone(),
+                        payload: record.payload.clone(),
+                        received_at_ms: record.meta.received_at_ms,
+                    };
+                    let again = classifier.reclassify(reading, usize::MAX);
+                    match again.meta.dead_letter {
+                        None => Ok(again),
+                        Some(now) => Err((now.reason, now.errors)),
+                    }
+                }
+            };
+            match fresh {
+                Ok(mut again) => match self.outbox.append(&mut again)? {
+                    Appended::Stored(_) => {
+                        appended.push(info.id);
+                        report.moved.push(Moved {
+                            id: info.id,
+                            kafka_topic: again.meta.kafka_topic,
+                        });
+                    }
+                    Appended::Full => report.failed.push(StillFailing {
+                        id: info.id,
+                        reason: info.reason,
+                        errors: vec![Violation::whole(
+                            "the outbox is full (policy block); try again when Kafka drained it",
+                        )],
+                    }),
+                },
+                Err((reason, errors)) => report.failed.push(StillFailing {
+                    id: info.id,
+                    reason,
+                    errors,
+                }),
+            }
+        }
+        if !appended.is_empty() {
+            // Durable in the outbox before it leaves the store: a crash in between means a
+            // duplicate, never a loss.
+            self.outbox.commit().await?;
+            for id in appended {
+                self.outbox.remove_dead_letter(id)?;
+            }
+            self.outbox.flush()?;
+        }
+        Ok(report)
+    }
+
+    fn purge(&self, select: &Selection) -> Result<PurgeReport, AdminError> {
+        let (records, mut missing) = self.select(select)?;
+        let mut purged = Vec::new();
+        for record in records {
+            let id = record.meta.dead_letter.as_ref().map_or(0, |d| d.id);
+            if self.outbox.remove_dead_letter(id)? {
+                purged.push(id);
+            } else {
+                missing.push(id);
+            }
+        }
+        self.outbox.flush()?;
+        Ok(PurgeReport { purged, missing })
+    }
+
+    fn queue_stats(&self) -> Result<QueueReport, AdminError> {
+        let snapshot = self.daemon_stats.as_ref().map(|s| s.snapshot());
+        Ok(QueueReport {
+            queue: self.outbox.stats(),
+            routes: self.outbox.route_counts()?,
+            kafka: snapshot.as_ref().map(|s| KafkaState {
+                down: s.kafka_down,
+                circuit_open: s.circuit_open,
+                last_delivery_ms: (s.last_delivery_ms > 0).then_some(s.last_delivery_ms),
+            }),
+            dlq_evicted: snapshot.map(|s| s.dlq_evicted),
+        })
+    }
+}
+
+/// Sends `request` to the running daemon, or, when none listens on the admin socket, answers it
+/// from the state directory. A [`Response::Error`] becomes [`AdminError::Remote`].
+pub async fn call(config: &Config, request: Request) -> Result<(Response, Mode), AdminError> {
+    let path = config.gateway.admin_socket_path();
+    let (response, mode) = match tokio::net::UnixStream::connect(&path).await {
+        Ok(stream) => (exchange(stream, &request).await?, Mode::Daemon),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            let backend = Backend::direct(config)?;
+            (backend.handle(request).await, Mode::Direct)
+        }
+        Err(source) => return Err(AdminError::Socket { path, source }),
+    };
+    match response {
+        Response::Error(message) => Err(AdminError::Remote(message)),
+        other => Ok((other, mode)),
+    }
+}
+
+async fn exchange(
+    stream: tokio::net::UnixStream,
+    request: &Request,
+) -> Result<Response, AdminError> {
+    let (read, mut write) = stream.into_split();
+    let mut line =
+        serde_json::to_vec(request).map_err(|e| AdminError::Protocol(format!("request: {e}")))?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await?;
+    let mut answer = Vec::new();
+    BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE))
+        .read_until(b'\n', &mut answer)
+        .await?;
+    serde_json::from_slice(&answer).map_err(|e| AdminError::Protocol(format!("response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{DeadLetterInfo, Origin};
+
+    #[tokio::test]
+    async fn publish_rejected_entries_are_resent_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.json"), br#"{"type":"object"}"#).unwrap();
+        let text = r#"
+            [gateway]
+            id = "gw"
+            state_dir = "state"
+            schemas_dir = "."
+            [kafka]
+            brokers = "x:9092"
+            [[mqtt]]
+            name = "m"
+            url = "mqtt://localhost"
+            topics = ["s/#"]
+            [[route]]
+            source = "m"
+            topic_filter = "s/+"
+            schema = "r.json"
+            kafka_topic = "readings"
+        "#;
+        let config = Config::parse(text, &dir.path().join("c.toml")).unwrap();
+        let backend = Backend::direct(&config).unwrap();
+        let mut record = Record {
+            meta: Meta {
+                gateway: "gw".into(),
+                source: "m".into(),
+                origin: Origin::Mqtt {
+                    topic: "s/1".into(),
+                },
+                received_at_ms: crate::record::now_ms(),
+                route: Some("r".into()),
+                schema: Some("r.json".into()),
+                kafka_topic: "readings".into(),
+                key: Some("k".into()),
+                dead_letter: None,
+            },
+            payload: Bytes::from_static(b"{\"big\":1}"),
+        };
+        let Appended::Stored(seq) = backend.outbox.append(&mut record).unwrap() else {
+            panic!()
+        };
+        backend
+            .outbox
+            .reject(seq, record.clone(), "Broker: Message size too large")
+            .unwrap();
+        assert_eq!(backend.outbox.stats().depth, 0);
+        let Response::Replayed(report) = backend
+            .handle(Request::DlqReplay {
+                select: Selection::Ids(vec![seq, 999]),
+            })
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(
+            report.moved,
+            vec![Moved {
+                id: seq,
+                kafka_topic: "readings".into()
+            }]
+        );
+        assert_eq!(report.missing, vec![999]);
+        let queued = backend.outbox.read_after(None, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            queued[0].1, record,
+            "the same record, no longer a dead letter"
+        );
+        assert_eq!(backend.outbox.stats().dead_letters, 0);
+    }
+
+    #[test]
+    fn dead_letters_round_trip_through_json_text_or_base64() {
+        for payload in [&b"{\"t\":\"hot\"}"[..], &b"\xff\xfe\x00bin"[..]] {
+            let record = Record {
+                meta: Meta {
+                    gateway: "gw".into(),
+                    source: "m".into(),
+                    origin: Origin::Mqtt { topic: "s".into() },
+                    received_at_ms: 7,
+                    route: Some("r".into()),
+                    schema: None,
+                    kafka_topic: "t.DLQ".into(),
+                    key: None,
+                    dead_letter: Some(DeadLetterInfo {
+                        id: 3,
+                        reason: Reason::NotJson,
+                        errors: vec![Violation::whole("x")],
+                        original_len: None,
+                    }),
+                },
+                payload: Bytes::copy_from_slice(payload),
+            };
+            let line = serde_json::to_string(&DeadLetter::from_record(&record)).unwrap();
+            let back: DeadLetter = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.id, 3);
+            assert_eq!(back.to_record().unwrap(), record);
+        }
+        let request: Request =
+            serde_json::from_str(r#"{"cmd":"dlq-list","filter":{"reason":"schema"}}"#).unwrap();
+        assert!(
+            matches!(request, Request::DlqList { filter } if filter.reason == Some(Reason::Schema))
+        );
+    }
+}
