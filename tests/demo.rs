@@ -33,7 +33,15 @@ async fn a_short_demo_delivers_everything_and_reads_back_consistent_counts() {
     assert!(summary.sent > 500, "{out}");
     assert_eq!(summary.acknowledged, summary.sent, "{out}");
     assert_eq!(summary.status_messages, STATUS_MESSAGES);
-    assert_eq!(summary.received, summary.sent + STATUS_MESSAGES, "{out}");
+    assert!(
+        summary.serial_lines > 0,
+        "the serial sensor wrote lines: {out}"
+    );
+    assert_eq!(
+        summary.received,
+        summary.sent + STATUS_MESSAGES + summary.serial_lines,
+        "{out}"
+    );
     assert_eq!(summary.received, summary.valid + dead, "{out}");
     assert_eq!(summary.delivered, summary.received, "{out}");
     assert_eq!(summary.read(READINGS_TOPIC), summary.valid, "{out}");
@@ -43,11 +51,11 @@ async fn a_short_demo_delivers_everything_and_reads_back_consistent_counts() {
         "{out}"
     );
     assert_eq!(summary.read(UNROUTED_DLQ_TOPIC), STATUS_MESSAGES, "{out}");
+    // Every tenth serial line is out of range on purpose.
     assert_eq!(
-        summary.sent_invalid,
+        summary.sent_invalid + summary.serial_lines / 10,
         summary.read(READINGS_DLQ_TOPIC),
         "{out}"
     );
     assert!(summary.peak_outbox_during_outage > 0, "{out}");
-    assert!(summary.elapsed < Duration::from_secs(60), "{out}");
 }

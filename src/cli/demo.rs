@@ -6,17 +6,14 @@
 //! - the real gateway ([`crate::app::start`]) on a generated configuration that uses the
 //!   repository's `schemas/reading.v1.json`, with its outbox in a temporary directory;
 //! - simulated sensors ([`crate::cli::simulate`]) publishing readings, some of them invalid, plus
-//!   a few status messages on a topic no route matches (they become `no-route` dead letters).
+//!   a few status messages on a topic no route matches (they become `no-route` dead letters);
+//! - one device writing JSON lines to a pseudo-terminal, read by a `[[serial]]` source (every
+//!   tenth line has an out-of-range temperature).
 //!
 //! A third of the way in, every Kafka broker goes down for a few seconds: readings keep arriving
 //! and wait in the outbox, then drain when Kafka is back. When the sensors stop and the outbox is
 //! empty, a consumer reads every topic back from the beginning, and the summary checks that the
 //! numbers agree ([`DemoSummary::consistent`]).
-//!
-//! TODO(serial): the product contract also has one simulated serial sensor on a pseudo-terminal.
-//! Serial ingest is not in this version (the gateway ignores `[[serial]]`). When it lands, add a
-//! `[[serial]]` source on one end of a pty pair in [`write_config`] and run the simulator's
-//! `Target::Serial` on the other end next to the MQTT sensors in [`run`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -60,6 +57,8 @@ const START_LIMIT: Duration = Duration::from_secs(15);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Name of the gateway's MQTT source.
 const SOURCE: &str = "demo-mqtt";
+/// The simulated serial sensor's source name.
+const SERIAL_SOURCE: &str = "demo-serial";
 
 /// Errors of `demo`.
 #[derive(Debug, Error)]
@@ -158,6 +157,8 @@ pub struct DemoSummary {
     pub acknowledged: u64,
     /// Status messages (unrouted) the broker acknowledged.
     pub status_messages: u64,
+    /// Lines the simulated serial sensor wrote to its pseudo-terminal.
+    pub serial_lines: u64,
     /// Invalid readings the sensors sent on purpose.
     pub sent_invalid: u64,
     /// Messages the gateway received.
@@ -201,10 +202,10 @@ impl DemoSummary {
         vec![
             (
                 format!(
-                    "received {} == acknowledged by the broker {} + status {}",
-                    self.received, self.acknowledged, self.status_messages
+                    "received {} == acknowledged by the broker {} + status {} + serial lines {}",
+                    self.received, self.acknowledged, self.status_messages, self.serial_lines
                 ),
-                self.received == self.acknowledged + self.status_messages,
+                self.received == self.acknowledged + self.status_messages + self.serial_lines,
             ),
             (
                 format!(
@@ -264,7 +265,17 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
     }
     let bootstrap = kafka.bootstrap_servers();
     let mqtt_port = start_broker()?;
-    let config_path = write_config(dir.path(), mqtt_port, &bootstrap).map_err(DemoError::State)?;
+    // The serial sensor: a pseudo-terminal pair. Only its path is kept of the slave end, which
+    // is closed so that the gateway can open (and lock) it like a real device; the sensor
+    // writes to the master end.
+    let (master, slave) = tokio_serial::SerialStream::pair()
+        .map_err(|e| DemoError::State(std::io::Error::other(format!("pseudo-terminal: {e}"))))?;
+    let pty = tokio_serial::SerialPort::name(&slave).ok_or_else(|| {
+        DemoError::State(std::io::Error::other("the pseudo-terminal has no name"))
+    })?;
+    drop(slave);
+    let config_path =
+        write_config(dir.path(), mqtt_port, &bootstrap, &pty).map_err(DemoError::State)?;
     let gateway = crate::app::start(Config::load(&config_path)?)?;
 
     writeln!(
@@ -279,7 +290,16 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
         outage_at.as_secs_f64(),
         (outage_at + outage).as_secs_f64(),
     )?;
-    let result = drive(options, out, &gateway, &kafka, mqtt_port, outage_at, outage).await;
+    let result = drive(
+        options,
+        out,
+        &gateway,
+        &kafka,
+        mqtt_port,
+        master,
+        (outage_at, outage),
+    )
+    .await;
     // Whatever happened, Kafka is up again and the gateway stops cleanly.
     let _ = kafka.broker_up(-1);
     let stopped = gateway.shutdown().await;
@@ -323,14 +343,17 @@ async fn drive(
     gateway: &Handle,
     kafka: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     mqtt_port: u16,
-    outage_at: Duration,
-    outage: Duration,
+    pty_master: tokio_serial::SerialStream,
+    (outage_at, outage): (Duration, Duration),
 ) -> Result<DemoSummary, DemoError> {
     let stats = gateway.stats().clone();
     wait_for(START_LIMIT, "the gateway to subscribe", || {
-        stats.snapshot().sources_up.get(SOURCE) == Some(&true)
+        let snap = stats.snapshot();
+        snap.sources_up.get(SOURCE) == Some(&true)
+            && snap.serial.get(SERIAL_SOURCE).is_some_and(|p| p.open)
     })
     .await?;
+    let serial = tokio::spawn(serial_sensor(pty_master, options.duration));
     let status_messages = publish_status(mqtt_port).await?;
 
     let url = format!("mqtt://127.0.0.1:{mqtt_port}");
@@ -365,6 +388,10 @@ async fn drive(
     let mut peak = 0u64;
     let mut sent: Option<simulate::Summary> = None;
     let mut drain_deadline: Option<Instant> = None;
+    let mut serial = serial;
+    let mut serial_lines: Option<u64> = None;
+    // Held open until the end, like a device that stays plugged in.
+    let mut _serial_port: Option<tokio_serial::SerialStream> = None;
     loop {
         tokio::select! {
             finished = &mut sensors, if sent.is_none() => {
@@ -393,15 +420,31 @@ async fn drive(
             next_progress += options.progress_every;
             write_progress(out, elapsed, &snap, depth, down)?;
         }
-        if let Some(sim) = &sent {
+        if sent.is_some() && serial_lines.is_none() && serial.is_finished() {
+            let (port, lines) = (&mut serial)
+                .await
+                .map_err(|e| DemoError::Timeout(format!("the serial sensor failed: {e}")))?
+                .map_err(DemoError::State)?;
+            _serial_port = Some(port);
+            serial_lines = Some(lines);
+        }
+        if let (Some(sim), Some(lines)) = (&sent, serial_lines) {
             let received = snap.received_total();
             if outage_done
-                && received >= sim.acknowledged + status_messages
+                && received >= sim.acknowledged + status_messages + lines
                 && snap.delivered >= received
                 && depth == 0
             {
                 write_progress(out, elapsed, &snap, depth, down)?;
-                return Ok(summary_of(sim, status_messages, &snap, depth, outage, peak));
+                return Ok(summary_of(
+                    sim,
+                    status_messages,
+                    lines,
+                    &snap,
+                    depth,
+                    outage,
+                    peak,
+                ));
             }
             if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 write_progress(out, elapsed, &snap, depth, down)?;
@@ -410,7 +453,15 @@ async fn drive(
                     "Gave up waiting after {} s: not everything was delivered.",
                     DRAIN_LIMIT.as_secs()
                 )?;
-                return Ok(summary_of(sim, status_messages, &snap, depth, outage, peak));
+                return Ok(summary_of(
+                    sim,
+                    status_messages,
+                    lines,
+                    &snap,
+                    depth,
+                    outage,
+                    peak,
+                ));
             }
         }
     }
@@ -419,6 +470,7 @@ async fn drive(
 fn summary_of(
     sim: &simulate::Summary,
     status_messages: u64,
+    serial_lines: u64,
     snap: &Snapshot,
     depth: u64,
     outage: Duration,
@@ -428,6 +480,7 @@ fn summary_of(
         sent: sim.sent,
         acknowledged: sim.acknowledged,
         status_messages,
+        serial_lines,
         sent_invalid: sim.invalid_total(),
         received: snap.received_total(),
         valid: snap.valid,
@@ -484,8 +537,9 @@ fn write_summary(out: &mut dyn Write, s: &DemoSummary) -> std::io::Result<()> {
     writeln!(out, "Summary")?;
     writeln!(
         out,
-        "  sensors sent            {} readings ({} invalid on purpose) + {} status messages",
-        s.sent, s.sent_invalid, s.status_messages
+        "  sensors sent            {} readings ({} invalid on purpose) + {} status messages \
+         over MQTT; {} lines on a serial port",
+        s.sent, s.sent_invalid, s.status_messages, s.serial_lines
     )?;
     writeln!(out, "  received                {}", s.received)?;
     writeln!(out, "  valid                   {}", s.valid)?;
@@ -523,10 +577,6 @@ fn write_summary(out: &mut dyn Write, s: &DemoSummary) -> std::io::Result<()> {
         "  consistent: {}   (took {:.1} s)",
         if s.consistent() { "yes" } else { "NO" },
         s.elapsed.as_secs_f64()
-    )?;
-    writeln!(
-        out,
-        "  (a simulated serial sensor is not part of this demo yet: serial ingest is not in this version)"
     )?;
     out.flush()
 }
@@ -622,8 +672,12 @@ fn broker_config(listen: SocketAddr) -> rumqttd::Config {
 }
 
 /// Writes the gateway's configuration and schema into `dir`; returns the configuration's path.
-/// TODO(serial): a `[[serial]]` source on a pty goes here once serial ingest exists.
-fn write_config(dir: &Path, mqtt_port: u16, bootstrap: &str) -> std::io::Result<PathBuf> {
+fn write_config(
+    dir: &Path,
+    mqtt_port: u16,
+    bootstrap: &str,
+    pty: &str,
+) -> std::io::Result<PathBuf> {
     let schemas = dir.join("schemas");
     std::fs::create_dir_all(&schemas)?;
     std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA)?;
@@ -661,8 +715,20 @@ url = "mqtt://127.0.0.1:{mqtt_port}"
 client_id = "demo-gateway"
 topics = ["sensors/#"]
 
+[[serial]]
+name = "{SERIAL_SOURCE}"
+device = "{pty}"
+baud = 115200
+format = "json-lines"
+
 [metrics]
 listen = ""
+
+[[route]]
+source = "{SERIAL_SOURCE}"
+schema = "reading.v1.json"
+kafka_topic = "{READINGS_TOPIC}"
+key = "/device_id"
 
 [[route]]
 source = "{SOURCE}"
@@ -674,6 +740,34 @@ key = "/device_id"
         ),
     )?;
     Ok(path)
+}
+
+/// One device on a serial port: a JSON line every 100 ms for `duration`, every tenth with a
+/// temperature out of range (a `schema` dead letter). Returns the port, still open (closing the
+/// master end would discard what the gateway has not read yet), and how many lines it wrote.
+async fn serial_sensor(
+    mut port: tokio_serial::SerialStream,
+    duration: Duration,
+) -> std::io::Result<(tokio_serial::SerialStream, u64)> {
+    use tokio::io::AsyncWriteExt;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let end = Instant::now() + duration;
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        let temperature = if seq % 10 == 9 {
+            999.0
+        } else {
+            21.0 + (seq % 7) as f64 / 10.0
+        };
+        let line = format!(
+            "{{\"device_id\":\"bench-serial-01\",\"seq\":{seq},\"temperature_c\":{temperature}}}\n"
+        );
+        AsyncWriteExt::write_all(&mut port, line.as_bytes()).await?;
+        seq += 1;
+    }
+    AsyncWriteExt::flush(&mut port).await?;
+    Ok((port, seq))
 }
 
 /// Publishes [`STATUS_MESSAGES`] status messages on `sensors/<device>/status`, which no route
@@ -788,7 +882,7 @@ mod tests {
     #[test]
     fn the_generated_configuration_is_valid() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), 1883, "127.0.0.1:9092").unwrap();
+        let path = write_config(dir.path(), 1883, "127.0.0.1:9092", "/dev/ttyUSB0").unwrap();
         let config = Config::load(&path).unwrap();
         assert!(config.problems().is_empty(), "{:?}", config.problems());
         crate::pipeline::Rules::build(&config).expect("routes and schema compile");
