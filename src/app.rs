@@ -115,20 +115,7 @@ impl Handle {
         notify::reloading();
         let result = Config::load(&self.config_path)
             .map_err(AppError::from)
-            .and_then(|config| {
-                let problems = config.problems();
-                if !problems.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        path: config.path.clone(),
-                        problems,
-                    }
-                    .into());
-                }
-                Rules::build(&config).map_err(|source| AppError::Rules {
-                    path: config.path.clone(),
-                    source,
-                })
-            });
+            .and_then(|config| checked_rules(&config));
         let outcome = match result {
             Ok(rules) => {
                 let routes = rules.router.routes().len();
@@ -180,8 +167,8 @@ impl Handle {
     }
 }
 
-/// Validates the configuration, opens the outbox, compiles the rules and starts every task.
-pub fn start(config: Config) -> Result<Handle, AppError> {
+/// Checks the configuration and compiles its routes and schemas (at start and on reload).
+fn checked_rules(config: &Config) -> Result<Rules, AppError> {
     let problems = config.problems();
     if !problems.is_empty() {
         return Err(ConfigError::Invalid {
@@ -190,10 +177,15 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         }
         .into());
     }
-    let rules = Rules::build(&config).map_err(|source| AppError::Rules {
+    Rules::build(config).map_err(|source| AppError::Rules {
         path: config.path.clone(),
         source,
-    })?;
+    })
+}
+
+/// Validates the configuration, opens the outbox, compiles the rules and starts every task.
+pub fn start(config: Config) -> Result<Handle, AppError> {
+    let rules = checked_rules(&config)?;
     let stats = Arc::new(Stats::default());
     let outbox = Arc::new(Outbox::open_with(
         &config.gateway.state_dir,

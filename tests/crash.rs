@@ -253,11 +253,17 @@ async fn soak_repeated_sigkills() {
     let mqtt = Mosquitto::start();
     let kafka = kafka(&["sensors.readings"]);
     let dir = tempfile::tempdir().unwrap();
-    eprintln!("soak state: {}", dir.path().display());
-    let dir = Box::leak(Box::new(dir));
+
     let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
     let log = dir.path().join("gateway.log");
     let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+    // The first connection creates the session: readings published before the subscription
+    // exists are dropped by the broker, so wait for it.
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
 
     let total = u64::from(kills) * 2_000;
     let port = mqtt.port;

@@ -323,39 +323,13 @@ pub fn reading(device: &str, seq: u64) -> Vec<u8> {
 /// Publishes `messages` (topic, payload) at QoS 1 in order and returns once the broker
 /// acknowledged every one of them.
 pub async fn publish_all(mqtt_port: u16, client: &str, messages: Vec<(String, Vec<u8>)>) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut options = MqttOptions::new(client, "127.0.0.1", mqtt_port);
-    options
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(100);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
     let total = messages.len();
-    let publisher = tokio::spawn(async move {
-        for (topic, payload) in messages {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .unwrap();
-        }
-        client
-    });
-    let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked < total {
-        assert!(
-            Instant::now() < deadline,
-            "broker acknowledged only {acked} of {total}"
-        );
-        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("sensor connection failed: {e}"),
-            Err(_) => {}
-        }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for message in messages {
+        tx.send(message).unwrap();
     }
-    let client = publisher.await.unwrap();
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    drop(tx);
+    publish_stream(mqtt_port, client, rx, total).await;
 }
 
 /// Publishes what arrives on `rx` at QoS 1 and returns once the broker acknowledged `total`.
