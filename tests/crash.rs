@@ -49,7 +49,9 @@ impl GatewayProcess {
             .count()
     }
 
-    /// SIGKILL; panics if the process had already died by itself.
+    /// SIGKILL; panics if the process had already died by itself (so every restart is known to
+    /// have been running when it was killed; counting "Starting" log lines is not reliable, as
+    /// a process killed early may not have logged yet).
     fn kill9(&mut self) {
         use std::os::unix::process::ExitStatusExt;
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -160,14 +162,6 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
         reader.records.len()
     );
     assert!((0..TOTAL).all(|seq| counts.contains_key(&seq)), "zero loss");
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .matches("Starting sensorgate")
-            .count()
-            == 4,
-        "the gateway restarted after every kill"
-    );
     assert!(
         !std::fs::read_to_string(&log).unwrap().contains("corrupt"),
         "sled opened cleanly after every kill"
@@ -318,10 +312,6 @@ async fn soak_repeated_sigkills() {
         reader.records.len(),
         reader.records.len() as u64 - total,
         text.matches("Outbox database is corrupt").count()
-    );
-    assert_eq!(
-        text.matches("Starting sensorgate").count() as u32,
-        kills + 1
     );
     assert!(!text.contains("Outbox database is corrupt"));
     gateway.kill9();
