@@ -70,7 +70,7 @@ step "dpkg-deb -c"
 dpkg-deb -c "$deb"
 dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#' >"$work/files"
 for f in /usr/bin/sensorgate \
-    /lib/systemd/system/sensorgate.service \
+    /usr/lib/systemd/system/sensorgate.service \
     /etc/sensorgate/sensorgate.toml \
     /etc/sensorgate/schemas/reading.v1.json \
     /usr/lib/sysusers.d/sensorgate.conf \
@@ -116,11 +116,11 @@ stat -c '%a %u:%g %n' "$root/var/lib/sensorgate"
     fail "/var/lib/sensorgate is not mode 0750 owned by sensorgate"
 ls -l "$root/etc/systemd/system/multi-user.target.wants/sensorgate.service" ||
     fail "the unit was not enabled"
-ls -l "$root/lib/systemd/system/sensorgate.service" "$root/usr/bin/sensorgate" "$root/etc/sensorgate"
+ls -l "$root/usr/lib/systemd/system/sensorgate.service" "$root/usr/bin/sensorgate" "$root/etc/sensorgate"
 
 step "systemd-analyze verify (installed unit)"
 # As scripts/test.sh does: a copy whose paths point at the installed binary.
-sed "s#/usr/bin/sensorgate#$root/usr/bin/sensorgate#g" "$root/lib/systemd/system/sensorgate.service" \
+sed "s#/usr/bin/sensorgate#$root/usr/bin/sensorgate#g" "$root/usr/lib/systemd/system/sensorgate.service" \
     >"$work/sensorgate.service"
 systemd-analyze verify "$work/sensorgate.service"
 echo "systemd-analyze verify: ok"
