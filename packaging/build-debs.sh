@@ -8,7 +8,7 @@
 # ARCH is a Debian architecture (amd64, arm64, armhf) or a Rust target triple. For each one it
 # adds the Rust target with rustup, installs Debian's cross compiler with apt-get, points Cargo,
 # the cc crate and librdkafka's configure script at it, and runs `cargo deb --target TRIPLE`.
-# The packages land in target/<triple>/debian/ (amd64: target/debian/).
+# The packages land in target/debian/ (cargo-deb 3), named sensorgate_<version>-<revision>_<arch>.deb.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
