@@ -260,13 +260,42 @@ pub const READING_SCHEMA: &str = r#"{
 /// Writes a gateway config (and its schema) into `dir` and returns the config path.
 /// `extra_queue` lands in `[queue]`.
 pub fn write_config(dir: &Path, mqtt_url: &str, brokers: &str, extra_queue: &str) -> PathBuf {
+    let client_id = unique_client_id();
+    let sources = format!(
+        r#"
+[[mqtt]]
+name = "local"
+url = "{mqtt_url}"
+client_id = "{client_id}"
+topics = ["sensors/#"]
+max_payload = "1KiB"
+
+[[route]]
+source = "local"
+topic_filter = "sensors/+/reading"
+schema = "reading.v1.json"
+kafka_topic = "sensors.readings"
+key = "/device_id"
+"#
+    );
+    write_gateway_config(dir, brokers, extra_queue, &sources)
+}
+
+/// An MQTT client id no other gateway of this test binary uses.
+fn unique_client_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("sensorgate-test-{}-{n}", std::process::id())
+}
+
+/// Writes the schema and a configuration whose common sections (gateway, queue, Kafka, retry,
+/// no metrics listener) are followed by `sources` (sources and routes); returns its path.
+/// `extra_queue` lands in `[queue]`.
+fn write_gateway_config(dir: &Path, brokers: &str, extra_queue: &str, sources: &str) -> PathBuf {
     let schemas = dir.join("schemas");
     std::fs::create_dir_all(&schemas).unwrap();
     std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA).unwrap();
     let path = dir.join("sensorgate.toml");
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let client_id = format!("sensorgate-test-{}-{n}", std::process::id());
     std::fs::write(
         &path,
         format!(
@@ -284,26 +313,13 @@ max_bytes = "64MiB"
 brokers = "{brokers}"
 message_timeout = "120s"
 
-[retry]
-initial = "100ms"
-max = "2s"
-
-[[mqtt]]
-name = "local"
-url = "{mqtt_url}"
-client_id = "{client_id}"
-topics = ["sensors/#"]
-max_payload = "1KiB"
-
 [metrics]
 listen = ""
 
-[[route]]
-source = "local"
-topic_filter = "sensors/+/reading"
-schema = "reading.v1.json"
-kafka_topic = "sensors.readings"
-key = "/device_id"
+[retry]
+initial = "100ms"
+max = "2s"
+{sources}
 "#
         ),
     )
@@ -518,16 +534,13 @@ pub fn write_serial_config(
     extra_queue: &str,
     sources: &str,
 ) -> PathBuf {
-    let schemas = dir.join("schemas");
-    std::fs::create_dir_all(&schemas).unwrap();
-    std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA).unwrap();
     let mqtt = match mqtt_url {
         Some(url) => format!(
             r#"
 [[mqtt]]
 name = "local"
 url = "{url}"
-client_id = "sensorgate-test-{}"
+client_id = "{}"
 topics = ["sensors/#"]
 
 [[route]]
@@ -537,41 +550,11 @@ schema = "reading.v1.json"
 kafka_topic = "sensors.readings"
 key = "/device_id"
 "#,
-            free_port()
+            unique_client_id()
         ),
         None => String::new(),
     };
-    let path = dir.join("sensorgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[gateway]
-id = "test-gw"
-state_dir = "state"
-schemas_dir = "schemas"
-
-[queue]
-max_bytes = "64MiB"
-{extra_queue}
-
-[kafka]
-brokers = "{brokers}"
-message_timeout = "120s"
-
-[metrics]
-listen = ""
-
-[retry]
-initial = "100ms"
-max = "2s"
-{mqtt}
-{sources}
-"#
-        ),
-    )
-    .unwrap();
-    path
+    write_gateway_config(dir, brokers, extra_queue, &format!("{mqtt}\n{sources}"))
 }
 
 /// What the gateway logged, captured for assertions (installed once per test binary by
