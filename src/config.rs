@@ -210,6 +210,7 @@ impl Config {
             }
             problems.extend(within(&section, mqtt.check()));
         }
+        problems.extend(mqtt::check_client_ids(&self.mqtt, &self.gateway.id));
         for (i, serial) in self.serial.iter().enumerate() {
             let section = format!("serial[{i}]");
             if !names.insert(serial.name.as_str()) {
@@ -326,6 +327,51 @@ mod tests {
             .collect();
         assert!(props.contains(&("batch.num.messages".into(), "1000".into())));
         assert!(props.contains(&("enable.ssl.certificate.verification".into(), "false".into())));
+    }
+
+    #[test]
+    fn mqtt_client_ids_must_be_set_and_unique_with_their_keys() {
+        // mqtt[1] takes mqtt[0]'s default id, mqtt[2] an empty one, mqtt[3] mqtt[1]'s.
+        let sources = r#"
+            [[mqtt]]
+            name = "other"
+            url = "mqtt://127.0.0.1:1884"
+            client_id = "sensorgate-gw-local"
+            topics = ["x/#"]
+            [[mqtt]]
+            name = "third"
+            url = "mqtt://127.0.0.1:1885"
+            client_id = ""
+            topics = ["x/#"]
+            [[mqtt]]
+            name = "fourth"
+            url = "mqtt://127.0.0.1:1886"
+            client_id = "sensorgate-gw-local"
+            topics = ["x/#"]
+        "#;
+        let config = Config::parse(&format!("{MINIMAL}{sources}"), Path::new("a.toml")).unwrap();
+        let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("mqtt[2].client_id: must not be empty"),
+            "{problems:#?}"
+        );
+        for (i, problem) in [(1, &problems[1]), (3, &problems[2])] {
+            assert!(
+                problem.starts_with(&format!(
+                    "mqtt[{i}].client_id: client id `sensorgate-gw-local` is also the client id of mqtt[0]"
+                )),
+                "{problems:#?}"
+            );
+        }
+
+        // With a gateway id of its own, the derived id no longer collides with mqtt[1]'s.
+        let text = format!("{MINIMAL}{sources}")
+            .replace("id = \"gw\"", "id = \"gw2\"")
+            .replace("client_id = \"\"", "client_id = \"third\"");
+        let config = Config::parse(&text, Path::new("a.toml")).unwrap();
+        let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["mqtt[3].client_id"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `[[mqtt]]`: one broker connection per entry, and the broker URL ([`BrokerAddress`]) that
 //! both `check-config` and the MQTT source parse with the same code.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
     /// Fixed client id, so the broker keeps our session; defaults to `sensorgate-<gateway id>-<name>`.
+    /// Must not be empty, and no two sources may share one (they would take over each other's
+    /// session).
     #[serde(default)]
     pub client_id: Option<String>,
     /// Topic filters to subscribe to at QoS 1.
@@ -55,12 +58,19 @@ impl MqttConfig {
             .unwrap_or_else(|| format!("sensorgate-{gateway_id}-{}", self.name))
     }
 
-    /// Every problem of this source on its own, keyed relative to it (`url`, `topics[1]`, …);
-    /// names shared with other sources are found by [`super::Config::problems`].
+    /// Every problem of this source on its own, keyed relative to it (`url`, `topics[1]`, …).
+    /// Problems between sources are found by `check_client_ids` and by
+    /// [`super::Config::problems`] (names).
     pub fn check(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Err(e) = BrokerAddress::parse(&self.url) {
             problems.push(Problem::new("url", e.to_string()));
+        }
+        if self.client_id.as_deref() == Some("") {
+            problems.push(Problem::new(
+                "client_id",
+                "must not be empty (leave it out for the default, sensorgate-<gateway id>-<name>)",
+            ));
         }
         if self.topics.is_empty() {
             problems.push(Problem::new(
@@ -91,6 +101,36 @@ impl MqttConfig {
         }
         problems
     }
+}
+
+/// Two `[[mqtt]]` sources with one client id (set, or derived from `gateway_id` and the name)
+/// would take over each other's persistent session, so every source after the first one with a
+/// given id is a problem, keyed in full (`mqtt[1].client_id`). Empty ids are [`MqttConfig::check`]'s.
+pub(super) fn check_client_ids(sources: &[MqttConfig], gateway_id: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut first = HashMap::new();
+    for (i, source) in sources.iter().enumerate() {
+        let id = source.client_id(gateway_id);
+        if id.is_empty() {
+            continue;
+        }
+        let origin = if source.client_id.is_some() {
+            ""
+        } else {
+            " (the default, from gateway.id and name)"
+        };
+        if let Some(other) = first.get(&id) {
+            problems.push(Problem::new(
+                format!("mqtt[{i}].client_id"),
+                format!(
+                    "client id `{id}`{origin} is also the client id of mqtt[{other}]; two sources with one client id take over each other's broker session, so give each its own"
+                ),
+            ));
+        } else {
+            first.insert(id, i);
+        }
+    }
+    problems
 }
 
 const fn default_keep_alive() -> Duration {
@@ -165,6 +205,14 @@ impl BrokerAddress {
 mod tests {
     use super::*;
 
+    fn source(name: &str, client_id: Option<&str>) -> MqttConfig {
+        let client_id = client_id.map_or(String::new(), |id| format!("client_id = \"{id}\"\n"));
+        toml::from_str(&format!(
+            "name = \"{name}\"\nurl = \"mqtt://127.0.0.1\"\ntopics = [\"a/#\"]\n{client_id}"
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn broker_urls_parse() {
         let a = BrokerAddress::parse("mqtt://127.0.0.1:1884").unwrap();
@@ -176,5 +224,60 @@ mod tests {
         assert!(BrokerAddress::parse("http://x").is_err());
         assert!(BrokerAddress::parse("mqtt://u:p@host").is_err());
         assert!(BrokerAddress::parse("mqtt://host:notaport").is_err());
+    }
+
+    #[test]
+    fn an_empty_client_id_is_a_problem_and_an_absent_one_is_not() {
+        let problems = source("a", Some("")).check();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "client_id");
+        assert!(
+            problems[0].message.contains("must not be empty"),
+            "{}",
+            problems[0]
+        );
+        assert!(source("a", None).check().is_empty());
+        assert!(source("a", Some("x")).check().is_empty());
+    }
+
+    #[test]
+    fn sources_sharing_a_client_id_are_problems_whether_set_or_derived() {
+        let unique = [source("a", None), source("b", None), source("c", Some("c"))];
+        assert!(check_client_ids(&unique, "gw").is_empty());
+
+        let explicit = [source("a", Some("same")), source("b", Some("same"))];
+        let problems = check_client_ids(&explicit, "gw");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "mqtt[1].client_id");
+        assert!(
+            problems[0].message.contains("`same`") && problems[0].message.contains("mqtt[0]"),
+            "{}",
+            problems[0]
+        );
+
+        // The second source's default id is the first one's explicit id.
+        let derived = [source("a", Some("sensorgate-gw-b")), source("b", None)];
+        let problems = check_client_ids(&derived, "gw");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "mqtt[1].client_id");
+        assert!(
+            problems[0].message.contains("the default"),
+            "{}",
+            problems[0]
+        );
+
+        // Every later duplicate names the first source; empty ids are left to `check`.
+        let three = [
+            source("a", Some("x")),
+            source("b", Some("x")),
+            source("c", Some("x")),
+            source("d", Some("")),
+            source("e", Some("")),
+        ];
+        let keys: Vec<String> = check_client_ids(&three, "gw")
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["mqtt[1].client_id", "mqtt[2].client_id"]);
     }
 }
