@@ -233,7 +233,7 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         let endpoint = Arc::new(Endpoint {
             stats: stats.clone(),
             outbox: outbox.clone(),
-            policy: config.queue.when_full,
+            policy: config.queue.when_full.as_str(),
         });
         tracing::info!(listen = %config.metrics.listen, "Serving /metrics, /healthz and /readyz");
         tokio::spawn(http::serve(listener, endpoint, stop.clone()));

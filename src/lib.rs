@@ -9,8 +9,10 @@
 //! ingest/serial (+ frame) ───┴► pipeline (route ─► validate) ─► outbox/committer ─► outbox ─► publish/kafka ─► Kafka
 //!                                        └── dead letters (record::Reason) ─► outbox (dlq tree + DLQ topic) ─┘
 //! ```
-//! - [`config`]: the TOML file, one struct per section; [`config::Config::problems`] reports
-//!   every semantic error with its key.
+//! - [`config`]: the TOML file, one file per section under `config/`, each with its struct and
+//!   its `check`; [`config::Config::problems`] reports every semantic error with its key. A leaf:
+//!   it imports nothing else from the crate, and the value types it validates (broker URLs, topic
+//!   filters, CSV columns) are the ones ingest and route use.
 //! - [`ingest`]: sources. [`ingest::mqtt`] acknowledges only after the commit;
 //!   [`ingest::serial`] reads a port line by line ([`ingest::frame`]: framing and decoding) and
 //!   reopens it when the device comes back.

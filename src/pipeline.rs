@@ -13,9 +13,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, FilterError};
 use crate::record::{DeadLetterInfo, Meta, Reading, Reason, Record, Violation};
-use crate::route::{FilterError, Router};
+use crate::route::Router;
 use crate::telemetry::Stats;
 use crate::validate::{self, SchemaError, SchemaRegistry};
 

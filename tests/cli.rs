@@ -89,6 +89,49 @@ kafka_topic = "x"
 }
 
 #[test]
+fn check_config_rejects_empty_and_shared_mqtt_client_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path());
+    let body = std::fs::read_to_string(&path).unwrap();
+    let client_id = body
+        .lines()
+        .find_map(|l| l.strip_prefix("client_id = "))
+        .expect("the test config sets a client id")
+        .to_owned();
+    // An empty id panics inside rumqttc; a shared one lets two sources take each other's session.
+    let body = body
+        + &format!(
+            r#"
+[[mqtt]]
+name = "second"
+url = "mqtt://127.0.0.1:1883"
+client_id = {client_id}
+topics = ["other/#"]
+
+[[mqtt]]
+name = "third"
+url = "mqtt://127.0.0.1:1883"
+client_id = ""
+topics = ["other/#"]
+"#
+        );
+    std::fs::write(&path, body).unwrap();
+    let out = sensorgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    let file = path.display();
+    for needle in [
+        format!(
+            "{file}: mqtt[1].client_id: client id `{}` is also the client id of mqtt[0]",
+            client_id.trim_matches('"')
+        ),
+        format!("{file}: mqtt[2].client_id: must not be empty"),
+    ] {
+        assert!(msg.contains(&needle), "`{needle}` missing from:\n{msg}");
+    }
+}
+
+#[test]
 fn check_config_reports_unknown_librdkafka_properties() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_in(dir.path());

@@ -27,7 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::mqtt::{BrokerAddress, MqttError};
+use crate::config::{BrokerAddress, UrlError};
 
 /// Unacknowledged QoS 1 publishes allowed at once.
 pub const INFLIGHT: u16 = 1000;
@@ -45,7 +45,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 pub enum SimulateError {
     /// The broker URL is malformed.
     #[error(transparent)]
-    Url(#[from] MqttError),
+    Url(#[from] UrlError),
     /// TLS brokers are not supported by the simulator.
     #[error("`{0}`: the simulator speaks plain MQTT only (mqtt://)")]
     Tls(String),

@@ -8,12 +8,10 @@
 //! `\n`, where framing resumes (resync). Whatever is buffered when the device goes away is
 //! returned by [`LineSplitter::finish`], so no byte that entered disappears unaccounted.
 
-use std::fmt;
-
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
-use thiserror::Error;
 
+use crate::config::{Column, ColumnType};
 use crate::record::{Reason, Violation};
 
 /// One framed line.
@@ -123,98 +121,6 @@ impl Rejected {
             reason,
             errors: vec![Violation::whole(message)],
         }
-    }
-}
-
-/// The type of a CSV column, which decides its JSON type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    /// Text as it is (surrounding spaces trimmed).
-    String,
-    /// A whole number (`-3`, `40`).
-    Integer,
-    /// Any finite number (`21.5`, `40`, `1e3`); whole numbers stay integers in JSON.
-    Number,
-    /// `true`/`false` (any case) or `1`/`0`.
-    Bool,
-}
-
-impl ColumnType {
-    /// Every type's name, for messages.
-    pub const NAMES: &'static str = "string, integer, number, bool";
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "string" => Some(Self::String),
-            "integer" => Some(Self::Integer),
-            "number" => Some(Self::Number),
-            "bool" => Some(Self::Bool),
-            _ => None,
-        }
-    }
-
-    const fn as_str(self) -> &'static str {
-        match self {
-            Self::String => "string",
-            Self::Integer => "integer",
-            Self::Number => "number",
-            Self::Bool => "bool",
-        }
-    }
-}
-
-/// One declared CSV column, written `"name:type"` in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    /// The key in the JSON object.
-    pub name: String,
-    /// How the value is converted.
-    pub kind: ColumnType,
-}
-
-/// A malformed column declaration.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ColumnError {
-    /// No `:type` part.
-    #[error("`{0}` has no type; write \"{0}:number\" (types: {types})", types = ColumnType::NAMES)]
-    MissingType(String),
-    /// The part after `:` is not a type.
-    #[error("`{spec}`: unknown type `{kind}` (types: {types})", types = ColumnType::NAMES)]
-    UnknownType {
-        /// The declaration.
-        spec: String,
-        /// The unknown type.
-        kind: String,
-    },
-    /// Nothing before `:`.
-    #[error("`{0}`: the column name is empty")]
-    EmptyName(String),
-}
-
-impl Column {
-    /// Parses `"name:type"`, e.g. `"temperature_c:number"`.
-    pub fn parse(spec: &str) -> Result<Self, ColumnError> {
-        let (name, kind) = spec
-            .rsplit_once(':')
-            .ok_or_else(|| ColumnError::MissingType(spec.trim().to_owned()))?;
-        let (name, kind) = (name.trim(), kind.trim());
-        if name.is_empty() {
-            return Err(ColumnError::EmptyName(spec.to_owned()));
-        }
-        let kind = ColumnType::parse(kind).ok_or_else(|| ColumnError::UnknownType {
-            spec: spec.to_owned(),
-            kind: kind.to_owned(),
-        })?;
-        Ok(Self {
-            name: name.to_owned(),
-            kind,
-        })
-    }
-}
-
-impl fmt::Display for Column {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.name, self.kind.as_str())
     }
 }
 
@@ -536,27 +442,5 @@ mod tests {
             Reason::BadCsv
         );
         assert_eq!(d.decode(b"k,1,2,\xff").unwrap_err().reason, Reason::NotJson);
-    }
-
-    #[test]
-    fn column_declarations_parse_or_say_what_is_wrong() {
-        assert_eq!(
-            Column::parse("temperature_c:number").unwrap(),
-            Column {
-                name: "temperature_c".into(),
-                kind: ColumnType::Number
-            }
-        );
-        assert_eq!(Column::parse(" a : bool ").unwrap().to_string(), "a:bool");
-        assert!(matches!(
-            Column::parse("t"),
-            Err(ColumnError::MissingType(_))
-        ));
-        let err = Column::parse("t:float").unwrap_err();
-        assert!(err.to_string().contains("unknown type `float`"), "{err}");
-        assert!(matches!(
-            Column::parse(":string"),
-            Err(ColumnError::EmptyName(_))
-        ));
     }
 }

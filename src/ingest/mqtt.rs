@@ -20,26 +20,18 @@ use tokio::sync::mpsc;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttConfig;
+use crate::config::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET};
 use crate::outbox::committer::{Submission, Submitter};
 use crate::pipeline::Classifier;
 use crate::record::{now_ms, Origin, Reading};
 use crate::telemetry::Stats;
 
-/// The largest packet MQTT 3.1.1 allows (remaining length of 268,435,455 bytes).
-pub const MQTT_MAX_PACKET: usize = 268_435_455;
-
 /// Errors of an MQTT source.
 #[derive(Debug, Error)]
 pub enum MqttError {
     /// The `url` key is malformed.
-    #[error("`{url}` is not a broker URL: {why} (expected mqtt://host:port or mqtts://host:port)")]
-    Url {
-        /// The URL.
-        url: String,
-        /// What is wrong.
-        why: &'static str,
-    },
+    #[error(transparent)]
+    Url(#[from] UrlError),
     /// A credential or CA file could not be read.
     #[error("{path}: {source}")]
     File {
@@ -48,54 +40,6 @@ pub enum MqttError {
         /// The I/O error.
         source: std::io::Error,
     },
-}
-
-/// Host, port and transport from an `mqtt://` or `mqtts://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddress {
-    /// Host name or address.
-    pub host: String,
-    /// Port (1883 or 8883 by default).
-    pub port: u16,
-    /// Whether to use TLS.
-    pub tls: bool,
-}
-
-impl BrokerAddress {
-    /// Parses `mqtt://host[:port]`, `tcp://…`, `mqtts://…` or `ssl://…`.
-    pub fn parse(url: &str) -> Result<Self, MqttError> {
-        let err = |why| MqttError::Url {
-            url: url.to_owned(),
-            why,
-        };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| err("missing scheme"))?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(err("unknown scheme")),
-        };
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if authority.contains('@') {
-            return Err(err(
-                "credentials do not belong in the URL; use username and password_file",
-            ));
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-                (host, port.parse::<u16>().map_err(|_| err("bad port"))?)
-            }
-            _ => (authority, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(err("missing host"));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
-    }
 }
 
 /// One `[[mqtt]]` source.
@@ -297,23 +241,5 @@ impl MqttSource {
         self.stats.source_up(&name, false);
         tracing::info!(source = %name, "MQTT source stopped");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls_parse() {
-        let a = BrokerAddress::parse("mqtt://127.0.0.1:1884").unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.tls), ("127.0.0.1", 1884, false));
-        let a = BrokerAddress::parse("mqtts://broker.example").unwrap();
-        assert_eq!((a.port, a.tls), (8883, true));
-        let a = BrokerAddress::parse("mqtt://[::1]:1883").unwrap();
-        assert_eq!(a.host, "::1");
-        assert!(BrokerAddress::parse("http://x").is_err());
-        assert!(BrokerAddress::parse("mqtt://u:p@host").is_err());
-        assert!(BrokerAddress::parse("mqtt://host:notaport").is_err());
     }
 }

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::prometheus::{render, Gauges};
 use super::Stats;
-use crate::config::WhenFull;
 use crate::outbox::Outbox;
 
 /// What the endpoint reads.
@@ -22,8 +21,9 @@ pub struct Endpoint {
     pub stats: Arc<Stats>,
     /// Outbox gauges.
     pub outbox: Arc<Outbox>,
-    /// The outbox policy (label of the drop counter).
-    pub policy: WhenFull,
+    /// The outbox's policy when full, as configured (`drop-oldest`, `block`): the label of the
+    /// drop counter.
+    pub policy: &'static str,
 }
 
 impl Endpoint {
@@ -31,10 +31,7 @@ impl Endpoint {
         Gauges {
             queue: self.outbox.stats(),
             now_ms: crate::record::now_ms(),
-            policy: match self.policy {
-                WhenFull::DropOldest => "drop-oldest",
-                WhenFull::Block => "block",
-            },
+            policy: self.policy,
         }
     }
 

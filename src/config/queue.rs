@@ -1,0 +1,94 @@
+//! `[queue]`: the durable outbox's byte bound, its policy when full, and group commit.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{self, ByteSize};
+use super::Problem;
+
+/// What the outbox does when it holds `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Evict the oldest records (counted) to make room.
+    DropOldest,
+    /// Stop acknowledging MQTT until the publisher frees space; the broker holds the backlog.
+    Block,
+}
+
+impl WhenFull {
+    /// The name used in the configuration (and as the `policy` label of metrics).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::DropOldest => "drop-oldest",
+            Self::Block => "block",
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Upper bound of the outbox's record bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Policy when the bound is reached.
+    #[serde(default = "default_when_full")]
+    pub when_full: WhenFull,
+    /// Group-commit window: readings arriving within it share one flush.
+    #[serde(default = "default_commit_interval", with = "units::duration")]
+    pub commit_interval: Duration,
+    /// Most readings in one group commit.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// After sled's flush, also `fsync` the data file (sled 0.34 only issues `sync_file_range`).
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+impl QueueConfig {
+    /// Every problem in this section, keyed relative to it (`max_bytes`, `max_batch`).
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.max_bytes.bytes() < 64 << 10 {
+            problems.push(Problem::new(
+                "max_bytes",
+                format!("{} is too small (at least 64KiB)", self.max_bytes),
+            ));
+        }
+        if self.max_batch == 0 {
+            problems.push(Problem::new("max_batch", "must be at least 1"));
+        }
+        problems
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_max_bytes(),
+            when_full: default_when_full(),
+            commit_interval: default_commit_interval(),
+            max_batch: default_max_batch(),
+            fsync: true,
+        }
+    }
+}
+
+const fn default_max_bytes() -> ByteSize {
+    ByteSize(512 << 20)
+}
+const fn default_when_full() -> WhenFull {
+    WhenFull::DropOldest
+}
+const fn default_commit_interval() -> Duration {
+    Duration::from_millis(20)
+}
+const fn default_max_batch() -> usize {
+    4096
+}
+const fn default_true() -> bool {
+    true
+}
