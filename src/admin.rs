@@ -24,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::config::{Config, ConfigError};
-use crate::outbox::{Appended, Outbox, OutboxError, QueueStats};
+use crate::config::{Config, ConfigError, WhenFull};
+use crate::dlq::DlqError;
+use crate::outbox::committer::{self, AckSinks, Committer, Handoff, Replay, Submitter};
+use crate::outbox::{Outbox, OutboxError, QueueStats};
 use crate::pipeline::{Classifier, Rules, RulesError};
 use crate::record::{Meta, Reading, Reason, Record, Violation};
 use crate::telemetry::Stats;
@@ -47,6 +49,9 @@ pub enum AdminError {
     /// The outbox failed (direct mode, or in the daemon).
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The dead-letter store failed.
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
     /// The configuration could not be read.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -93,7 +98,7 @@ impl Filter {
     fn matches(&self, meta: &Meta) -> bool {
         let reason = meta.dead_letter.as_ref().map(|d| d.reason);
         self.reason.is_none_or(|r| reason == Some(r))
-            && self.source.as_ref().is_none_or(|s| *s == meta.source)
+            && self.source.as_ref().is_none_or(|s| **s == *meta.source)
             && self.since_ms.is_none_or(|t| meta.received_at_ms >= t)
             && self.before_ms.is_none_or(|t| meta.received_at_ms < t)
     }
@@ -305,34 +310,47 @@ pub enum Mode {
 }
 
 /// Answers requests over an outbox and a classifier: inside the daemon (its own, so replay uses
-/// the rules of the last reload) or in the CLI when no daemon runs.
+/// the rules of the last reload) or in the CLI when no daemon runs. Replays go through a
+/// committer, the outbox's only writer: the daemon's, or one this backend starts in direct mode.
 #[derive(Debug)]
 pub struct Backend {
     outbox: Arc<Outbox>,
     classifier: Result<Arc<Classifier>, String>,
     daemon_stats: Option<Arc<Stats>>,
+    submit: std::sync::Mutex<Option<Submitter>>,
+    policy: WhenFull,
 }
+
+/// Most dead letters replayed in one commit.
+const REPLAY_CHUNK: usize = 1000;
 
 impl Backend {
     /// The daemon's backend.
-    pub fn daemon(outbox: Arc<Outbox>, classifier: Arc<Classifier>, stats: Arc<Stats>) -> Self {
+    pub fn daemon(
+        outbox: Arc<Outbox>,
+        classifier: Arc<Classifier>,
+        stats: Arc<Stats>,
+        submit: Submitter,
+    ) -> Self {
         Self {
+            policy: outbox.policy(),
             outbox,
             classifier: Ok(classifier),
             daemon_stats: Some(stats),
+            submit: std::sync::Mutex::new(Some(submit)),
         }
     }
 
-    /// Opens the state directory directly. Routes and schemas are compiled from the
-    /// configuration; if they fail, everything but replay still works.
+    /// Opens the state directory directly, with a committer of its own for replays. Routes and
+    /// schemas are compiled from the configuration; if they fail, everything but replay works.
     pub fn direct(config: &Config) -> Result<Self, AdminError> {
         let stats = Arc::new(Stats::default());
-        let outbox = Outbox::open_with(
+        let outbox = Arc::new(Outbox::open(
             &config.gateway.state_dir,
             &config.queue,
             &config.dlq,
             stats.clone(),
-        )?;
+        )?);
         let classifier = Rules::build(config)
             .map(|rules| Arc::new(Classifier::new(config, rules, stats)))
             .map_err(|source| {
@@ -342,11 +360,26 @@ impl Backend {
                 }
                 .to_string()
             });
+        // Nobody publishes in direct mode: the hand-off only bounds what the committer keeps.
+        let handoff = Arc::new(Handoff::new(0));
+        let (committer, submit) =
+            Committer::new(outbox.clone(), &config.queue, AckSinks::default(), handoff);
+        std::thread::Builder::new()
+            .name("sg-committer".into())
+            .spawn(move || committer.run())
+            .map_err(AdminError::Output)?;
         Ok(Self {
-            outbox: Arc::new(outbox),
+            policy: config.queue.when_full,
+            outbox,
             classifier,
             daemon_stats: None,
+            submit: std::sync::Mutex::new(Some(submit)),
         })
+    }
+
+    /// No more replays (the daemon is stopping): lets the committer finish.
+    pub fn close(&self) {
+        self.submit.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Answers one request; failures become [`Response::Error`].
@@ -362,7 +395,8 @@ impl Backend {
             Request::DlqList { filter } => Response::DeadLetters(self.list(&filter)?),
             Request::DlqShow { id } => Response::DeadLetters(
                 self.outbox
-                    .dead_letter(id)?
+                    .dlq()
+                    .get(id)?
                     .map(|r| DeadLetter::from_record(&r))
                     .into_iter()
                     .collect(),
@@ -375,13 +409,13 @@ impl Backend {
     }
 
     fn list(&self, filter: &Filter) -> Result<Vec<DeadLetter>, AdminError> {
-        let mut out: Vec<DeadLetter> = self
-            .outbox
-            .dead_letters()?
-            .iter()
-            .filter(|r| filter.matches(&r.meta))
-            .map(DeadLetter::from_record)
-            .collect();
+        let mut out = Vec::new();
+        self.outbox.dlq().for_each(|r| {
+            if filter.matches(&r.meta) {
+                out.push(DeadLetter::from_record(&r));
+            }
+            true
+        })?;
         if let Some(limit) = filter.limit {
             let skip = out.len().saturating_sub(limit);
             out.drain(..skip);
@@ -401,12 +435,62 @@ impl Backend {
             Selection::Ids(ids) => {
                 let (mut found, mut missing) = (Vec::new(), Vec::new());
                 for id in ids {
-                    match self.outbox.dead_letter(*id)? {
+                    match self.outbox.dlq().get(*id)? {
                         Some(record) => found.push(record),
                         None => missing.push(*id),
                     }
                 }
                 Ok((found, missing))
+            }
+        }
+    }
+
+    /// The record a dead letter becomes when replayed, or why it still fails.
+    fn fresh(&self, record: &Record) -> Result<Result<Record, StillFailing>, AdminError> {
+        let Some(info) = record.meta.dead_letter.as_deref() else {
+            return Ok(Err(StillFailing {
+                id: 0,
+                reason: Reason::NoRoute,
+                errors: vec![Violation::whole("not a dead letter")],
+            }));
+        };
+        let failing = |reason, errors| {
+            Ok(Err(StillFailing {
+                id: info.id,
+                reason,
+                errors,
+            }))
+        };
+        match info.reason {
+            // Kafka refused it, not our rules: send it again as it is, to the same topic.
+            Reason::PublishRejected => {
+                let mut again = record.clone();
+                again.meta.dead_letter = None;
+                Ok(Ok(again))
+            }
+            // Only a prefix was kept: the reading itself is gone.
+            Reason::TooLarge => failing(
+                Reason::TooLarge,
+                vec![Violation::whole(
+                    "the payload was truncated when stored; it cannot be replayed",
+                )],
+            ),
+            _ => {
+                let classifier = self
+                    .classifier
+                    .as_ref()
+                    .map_err(|e| AdminError::Protocol(format!("cannot replay: {e}")))?;
+                let reading = Reading {
+                    source: record.meta.source.clone(),
+                    origin: record.meta.origin.clone(),
+                    payload: record.payload.clone(),
+                    received_at_ms: record.meta.received_at_ms,
+                };
+                let again = classifier.reclassify(reading, usize::MAX);
+                match again.meta.dead_letter {
+                    None => Ok(Ok(again)),
+                    Some(now) => failing(now.reason, now.errors),
+                }
             }
         }
     }
@@ -417,91 +501,87 @@ impl Backend {
             missing,
             ..ReplayReport::default()
         };
-        let mut appended = Vec::new();
+        let mut chunk: Vec<(u64, Record)> = Vec::new();
         for record in records {
-            let Some(info) = record.meta.dead_letter.clone() else {
-                continue;
-            };
-            let fresh = match info.reason {
-                // Kafka refused it, not our rules: send it again as it is, to the same topic.
-                Reason::PublishRejected => {
-                    let mut again = record.clone();
-                    again.meta.dead_letter = None;
-                    Ok(again)
-                }
-                // Only a prefix was kept: the reading itself is gone.
-                Reason::TooLarge => Err((
-                    Reason::TooLarge,
-                    vec![Violation::whole(
-                        "the payload was truncated when stored; it cannot be replayed",
-                    )],
-                )),
-                _ => {
-                    let classifier = self
-                        .classifier
-                        .as_ref()
-                        .map_err(|e| AdminError::Protocol(format!("cannot replay: {e}")))?;
-                    let reading = Reading {
-                        source: record.meta.source.as_str().into(),
-                        origin: record.meta.origin.clone(),
-                        payload: record.payload.clone(),
-                        received_at_ms: record.meta.received_at_ms,
-                    };
-                    let again = classifier.reclassify(reading, usize::MAX);
-                    match again.meta.dead_letter {
-                        None => Ok(again),
-                        Some(now) => Err((now.reason, now.errors)),
-                    }
-                }
-            };
-            match fresh {
-                Ok(mut again) => match self.outbox.append(&mut again)? {
-                    Appended::Stored(_) => {
-                        appended.push(info.id);
-                        report.moved.push(Moved {
-                            id: info.id,
-                            kafka_topic: again.meta.kafka_topic,
-                        });
-                    }
-                    Appended::Full => report.failed.push(StillFailing {
-                        id: info.id,
-                        reason: info.reason,
-                        errors: vec![Violation::whole(
-                            "the outbox is full (policy block); try again when Kafka drained it",
-                        )],
-                    }),
-                },
-                Err((reason, errors)) => report.failed.push(StillFailing {
-                    id: info.id,
-                    reason,
-                    errors,
-                }),
+            let id = record.meta.dead_letter.as_ref().map_or(0, |d| d.id);
+            match self.fresh(&record)? {
+                Ok(again) => chunk.push((id, again)),
+                Err(failing) => report.failed.push(failing),
+            }
+            if chunk.len() >= REPLAY_CHUNK {
+                self.requeue(std::mem::take(&mut chunk), &mut report)
+                    .await?;
             }
         }
-        if !appended.is_empty() {
-            // Durable in the outbox before it leaves the store: a crash in between means a
-            // duplicate, never a loss.
-            self.outbox.commit().await?;
-            for id in appended {
-                self.outbox.remove_dead_letter(id)?;
-            }
-            self.outbox.flush()?;
-        }
+        self.requeue(chunk, &mut report).await?;
         Ok(report)
+    }
+
+    /// Hands replayed records to the committer and waits until they are durable in the outbox
+    /// and gone from the store.
+    async fn requeue(
+        &self,
+        records: Vec<(u64, Record)>,
+        report: &mut ReplayReport,
+    ) -> Result<(), AdminError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.policy == WhenFull::Block && self.outbox.is_full() {
+            for (id, record) in records {
+                report.failed.push(StillFailing {
+                    id,
+                    reason: record
+                        .meta
+                        .dead_letter
+                        .as_ref()
+                        .map_or(Reason::PublishRejected, |d| d.reason),
+                    errors: vec![Violation::whole(
+                        "the outbox is full (policy block); try again when Kafka drained it",
+                    )],
+                });
+            }
+            return Ok(());
+        }
+        let submit = self
+            .submit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| AdminError::Protocol("the gateway is stopping".into()))?;
+        let moved: Vec<Moved> = records
+            .iter()
+            .map(|(id, r)| Moved {
+                id: *id,
+                kafka_topic: r.meta.kafka_topic.to_string(),
+            })
+            .collect();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        submit
+            .send(committer::Request::Replay(Replay { records, done }))
+            .await
+            .map_err(|_| AdminError::Protocol("the gateway is stopping".into()))?;
+        match answer.await {
+            Ok(Ok(())) => {
+                report.moved.extend(moved);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(AdminError::Protocol(e)),
+            Err(_) => Err(AdminError::Protocol(
+                "the committer stopped before the replay was durable".into(),
+            )),
+        }
     }
 
     fn purge(&self, select: &Selection) -> Result<PurgeReport, AdminError> {
         let (records, mut missing) = self.select(select)?;
-        let mut purged = Vec::new();
-        for record in records {
-            let id = record.meta.dead_letter.as_ref().map_or(0, |d| d.id);
-            if self.outbox.remove_dead_letter(id)? {
-                purged.push(id);
-            } else {
-                missing.push(id);
-            }
-        }
-        self.outbox.flush()?;
+        let ids: Vec<u64> = records
+            .iter()
+            .map(|r| r.meta.dead_letter.as_ref().map_or(0, |d| d.id))
+            .collect();
+        let purged = self.outbox.dlq().remove(&ids)?;
+        missing.extend(ids.iter().filter(|id| !purged.contains(id)));
+        self.outbox.dlq().sync()?;
         Ok(PurgeReport { purged, missing })
     }
 
@@ -588,7 +668,7 @@ mod tests {
         "#;
         let config = Config::parse(text, &dir.path().join("c.toml")).unwrap();
         let backend = Backend::direct(&config).unwrap();
-        let mut record = Record {
+        let record = Record {
             meta: Meta {
                 gateway: "gw".into(),
                 source: "m".into(),
@@ -604,17 +684,18 @@ mod tests {
             },
             payload: Bytes::from_static(b"{\"big\":1}"),
         };
-        let Appended::Stored(seq) = backend.outbox.append(&mut record).unwrap() else {
-            panic!()
-        };
-        backend
-            .outbox
-            .reject(seq, record.clone(), "Broker: Message size too large")
-            .unwrap();
+        let mut rejected = record.clone();
+        rejected.meta.dead_letter = Some(Box::new(DeadLetterInfo {
+            id: 7,
+            reason: Reason::PublishRejected,
+            errors: vec![Violation::whole("Broker: Message size too large")],
+            original_len: None,
+        }));
+        backend.outbox.dlq().insert(&[(7, &rejected)]).unwrap();
         assert_eq!(backend.outbox.stats().depth, 0);
         let Response::Replayed(report) = backend
             .handle(Request::DlqReplay {
-                select: Selection::Ids(vec![seq, 999]),
+                select: Selection::Ids(vec![7, 999]),
             })
             .await
         else {
@@ -623,15 +704,19 @@ mod tests {
         assert_eq!(
             report.moved,
             vec![Moved {
-                id: seq,
+                id: 7,
                 kafka_topic: "readings".into()
             }]
         );
         assert_eq!(report.missing, vec![999]);
-        let queued = backend.outbox.read_after(None, 10).unwrap();
-        assert_eq!(queued.len(), 1);
+        assert_eq!(backend.outbox.stats().depth, 1);
+        let mut reader = backend.outbox.reader(0);
+        let frame = reader.next_frame().unwrap().unwrap();
+        let frame = crate::outbox::codec::Frame::parse(&frame).unwrap();
+        let (seq, queued) = frame.records().next().unwrap().unwrap();
         assert_eq!(
-            queued[0].1, record,
+            queued.to_record(seq),
+            record,
             "the same record, no longer a dead letter"
         );
         assert_eq!(backend.outbox.stats().dead_letters, 0);
@@ -650,12 +735,12 @@ mod tests {
                     schema: None,
                     kafka_topic: "t.DLQ".into(),
                     key: None,
-                    dead_letter: Some(DeadLetterInfo {
+                    dead_letter: Some(Box::new(DeadLetterInfo {
                         id: 3,
                         reason: Reason::NotJson,
                         errors: vec![Violation::whole("x")],
                         original_len: None,
-                    }),
+                    })),
                 },
                 payload: Bytes::copy_from_slice(payload),
             };

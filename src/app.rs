@@ -19,7 +19,7 @@ use crate::admin::{self, AdminError};
 use crate::config::{Config, ConfigError};
 use crate::ingest::mqtt::{MqttError, MqttSource};
 use crate::ingest::serial::{SerialError, SerialSource};
-use crate::outbox::committer::Committer;
+use crate::outbox::committer::{AckReceiver, AckSinks, Committer, Handoff, Submitter};
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{Classifier, Rules, RulesError};
 use crate::publish::{PublishError, Publisher};
@@ -28,6 +28,9 @@ use crate::telemetry::{notify, Stats};
 
 /// How long in-flight Kafka deliveries may take to be confirmed at shutdown.
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+/// Most bytes of committed frames waiting in memory for the publisher (beyond that it reads
+/// them from disk).
+const HANDOFF_BYTES: usize = 4 << 20;
 /// How long sources and the committer may take to wind down.
 const INGEST_GRACE: Duration = Duration::from_secs(10);
 
@@ -187,15 +190,17 @@ fn checked_rules(config: &Config) -> Result<Rules, AppError> {
 pub fn start(config: Config) -> Result<Handle, AppError> {
     let rules = checked_rules(&config)?;
     let stats = Arc::new(Stats::default());
-    let outbox = Arc::new(Outbox::open_with(
+    let outbox = Arc::new(Outbox::open(
         &config.gateway.state_dir,
         &config.queue,
         &config.dlq,
         stats.clone(),
     )?);
     let classifier = Arc::new(Classifier::new(&config, rules, stats.clone()));
+    let handoff = Arc::new(Handoff::new(HANDOFF_BYTES));
     let publisher = Publisher::new(
         outbox.clone(),
+        handoff.clone(),
         config.kafka.clone(),
         config.retry.clone(),
         config.gateway.id.clone(),
@@ -203,6 +208,9 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     );
     // Fail fast on a producer configuration librdkafka rejects.
     publisher.create_producer()?;
+    let mut sinks = AckSinks::default();
+    let mqtt_sinks: Vec<_> = config.mqtt.iter().map(|_| sinks.register()).collect();
+    let (committer, submit) = Committer::new(outbox.clone(), &config.queue, sinks, handoff.clone());
 
     let metrics = if config.metrics.listen.is_empty() {
         None
@@ -240,25 +248,34 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     }
     tracing::info!(path = %admin_path.display(), "Serving the admin API");
     let admin_stop = CancellationToken::new();
+    let backend = Arc::new(admin::Backend::daemon(
+        outbox.clone(),
+        classifier.clone(),
+        stats.clone(),
+        submit.clone(),
+    ));
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         admin_path,
-        Arc::new(admin::Backend::daemon(
-            outbox.clone(),
-            classifier.clone(),
-            stats.clone(),
-        )),
+        backend.clone(),
         admin_stop.clone(),
     ));
     let config_path = config.path.clone();
+    let tasks = Tasks {
+        committer,
+        submit,
+        mqtt_sinks,
+        publisher,
+        handoff,
+        admin: (admin_task, admin_stop, backend),
+    };
     let supervisor = tokio::spawn(supervise(
         config,
         outbox.clone(),
         classifier.clone(),
         stats.clone(),
-        publisher,
+        tasks,
         stop.clone(),
-        (admin_task, admin_stop),
     ));
     Ok(Handle {
         config_path,
@@ -270,29 +287,75 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     })
 }
 
+/// Runs `f` on a thread of its own (the committer and the publisher block on I/O and on
+/// librdkafka); the future resolves with its result, or an error if it panicked.
+fn thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, AppError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    let name = name.to_owned();
+    async move {
+        spawned.map_err(|e| AppError::Task(format!("cannot start thread {name}: {e}")))?;
+        rx.await
+            .map_err(|_| AppError::Task(format!("thread {name} panicked")))
+    }
+}
+
+/// What [`start`] prepared for the supervisor.
+struct Tasks {
+    committer: Committer,
+    submit: Submitter,
+    mqtt_sinks: Vec<(u16, AckReceiver)>,
+    publisher: Publisher,
+    handoff: Arc<Handoff>,
+    admin: (
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+        Arc<admin::Backend>,
+    ),
+}
+
 async fn supervise(
     config: Config,
     outbox: Arc<Outbox>,
     classifier: Arc<Classifier>,
     stats: Arc<Stats>,
-    publisher: Publisher,
+    tasks: Tasks,
     stop: CancellationToken,
-    admin: (tokio::task::JoinHandle<()>, CancellationToken),
 ) -> Result<(), AppError> {
+    let Tasks {
+        committer,
+        submit,
+        mqtt_sinks,
+        publisher,
+        handoff,
+        admin,
+    } = tasks;
     let ingest_stop = CancellationToken::new();
     let publish_stop = CancellationToken::new();
-    let (committer, submit) = Committer::new(outbox.clone(), &config.queue);
-    let committer = tokio::spawn(committer.run());
-    let mut publisher = tokio::spawn(publisher.run(publish_stop.clone(), DELIVERY_GRACE));
+    let committer = thread("sg-committer", move || committer.run());
+    let mut publisher = {
+        let stop = publish_stop.clone();
+        Box::pin(thread("sg-publisher", move || {
+            publisher.run(stop, DELIVERY_GRACE)
+        }))
+    };
 
     let mut sources = JoinSet::new();
-    for mqtt in &config.mqtt {
+    for (mqtt, sink) in config.mqtt.iter().zip(mqtt_sinks) {
         let name = mqtt.name.clone();
         let source = MqttSource::new(
             mqtt.clone(),
             &config.gateway.id,
             classifier.clone(),
             submit.clone(),
+            sink,
             stats.clone(),
         );
         let token = ingest_stop.clone();
@@ -321,6 +384,8 @@ async fn supervise(
         });
     }
     drop(submit);
+    // The publisher thread beats once it runs; until then it counts as alive.
+    stats.heartbeats.publisher_beat();
     // The outbox is open and every source has started.
     notify::ready();
     let notify_stop = CancellationToken::new();
@@ -356,13 +421,19 @@ async fn supervise(
     notify::stopping();
 
     ingest_stop.cancel();
+    // Replays from the admin API go through the committer too: no new ones from here on.
+    admin.2.close();
     let ingest_done = async {
         while let Some(result) = sources.join_next().await {
             if let Ok(Err(e)) = result {
                 tracing::error!(error = %e, "Source failed while stopping");
             }
         }
-        let _ = committer.await;
+        match committer.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "Committer failed"),
+            Err(e) => tracing::error!(error = %e, "Committer thread failed"),
+            Ok(Ok(())) => {}
+        }
     };
     if tokio::time::timeout(INGEST_GRACE, ingest_done)
         .await
@@ -371,6 +442,7 @@ async fn supervise(
         tracing::warn!("Sources or the committer did not stop in time; unacknowledged readings will be redelivered");
     }
     publish_stop.cancel();
+    handoff.wake();
     if !publisher_done {
         match publisher.await {
             Ok(Err(e)) => tracing::error!(error = %e, "Publisher failed while stopping"),

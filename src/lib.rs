@@ -35,6 +35,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;

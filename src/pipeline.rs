@@ -42,10 +42,10 @@ pub enum RulesError {
 impl Rules {
     /// Builds the route table and compiles every schema a route names.
     pub fn build(config: &Config) -> Result<Self, RulesError> {
-        let router = Router::new(&config.routes)?;
+        let router = Router::new(&config.routes, &config.kafka.dlq_suffix)?;
         let schemas = SchemaRegistry::load(
             &config.gateway.schemas_dir,
-            router.routes().iter().map(|r| r.schema.as_str()),
+            router.routes().iter().map(|r| &*r.schema),
         )
         .map_err(RulesError::Schemas)?;
         Ok(Self { router, schemas })
@@ -75,9 +75,8 @@ pub enum Framed {
 /// Classifies readings; shared by every source.
 #[derive(Debug)]
 pub struct Classifier {
-    gateway: String,
-    dlq_suffix: String,
-    unrouted_topic: String,
+    gateway: Arc<str>,
+    unrouted_dlq_topic: Arc<str>,
     rules: ArcSwap<Rules>,
     stats: Arc<Stats>,
 }
@@ -86,9 +85,12 @@ impl Classifier {
     /// A classifier with the given rules.
     pub fn new(config: &Config, rules: Rules, stats: Arc<Stats>) -> Self {
         Self {
-            gateway: config.gateway.id.clone(),
-            dlq_suffix: config.kafka.dlq_suffix.clone(),
-            unrouted_topic: config.kafka.unrouted_topic.clone(),
+            gateway: config.gateway.id.as_str().into(),
+            unrouted_dlq_topic: format!(
+                "{}{}",
+                config.kafka.unrouted_topic, config.kafka.dlq_suffix
+            )
+            .into(),
             rules: ArcSwap::from_pointee(rules),
             stats,
         }
@@ -150,12 +152,12 @@ impl Classifier {
         let route = rules.router.find(&reading.source, &reading.origin);
         let mut meta = Meta {
             gateway: self.gateway.clone(),
-            source: reading.source.to_string(),
+            source: reading.source.clone(),
             origin: reading.origin,
             received_at_ms: reading.received_at_ms,
             route: route.map(|r| r.name.clone()),
             schema: route.map(|r| r.schema.clone()),
-            kafka_topic: String::new(),
+            kafka_topic: self.unrouted_dlq_topic.clone(),
             key: None,
             dead_letter: None,
         };
@@ -219,12 +221,15 @@ impl Classifier {
 
         match verdict {
             Ok(()) => {
-                meta.kafka_topic = route.map(|r| r.kafka_topic.clone()).unwrap_or_default();
+                if let Some(route) = route {
+                    meta.kafka_topic = route.kafka_topic.clone();
+                }
             }
             Err(info) => {
-                let base = route.map_or(self.unrouted_topic.as_str(), |r| r.kafka_topic.as_str());
-                meta.kafka_topic = format!("{base}{}", self.dlq_suffix);
-                meta.dead_letter = Some(info);
+                if let Some(route) = route {
+                    meta.kafka_topic = route.dlq_topic.clone();
+                }
+                meta.dead_letter = Some(Box::new(info));
             }
         }
         Record { meta, payload }
@@ -322,12 +327,12 @@ mod tests {
         let c = classifier(dir.path());
 
         let ok = c.classify(reading("s/d1/r", br#"{"device_id":"d1","t":2}"#), 1024);
-        assert_eq!(ok.meta.kafka_topic, "readings");
+        assert_eq!(&*ok.meta.kafka_topic, "readings");
         assert_eq!(ok.meta.key.as_deref(), Some("d1"));
         assert!(ok.meta.dead_letter.is_none());
 
         let bad = c.classify(reading("s/d1/r", br#"{"device_id":"d1","t":"x"}"#), 1024);
-        assert_eq!(bad.meta.kafka_topic, "readings.DLQ");
+        assert_eq!(&*bad.meta.kafka_topic, "readings.DLQ");
         let info = bad.meta.dead_letter.unwrap();
         assert_eq!(info.reason, Reason::Schema);
         assert_eq!(info.errors[0].instance_path, "/t");
@@ -341,7 +346,7 @@ mod tests {
         );
 
         let unrouted = c.classify(reading("other/topic", b"{}"), 1024);
-        assert_eq!(unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");
+        assert_eq!(&*unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");
         assert_eq!(unrouted.meta.dead_letter.unwrap().reason, Reason::NoRoute);
 
         let big = c.classify(reading("s/d1/r", br#"{"device_id":"d1","t":2}"#), 4);
@@ -370,7 +375,7 @@ mod tests {
 
         let raw = br#"{ "device_id": "d1", "t": 2 }"#;
         let ok = c.classify_framed(line("uno", raw), Framed::Json(doc(raw)));
-        assert_eq!(ok.meta.kafka_topic, "bench");
+        assert_eq!(&*ok.meta.kafka_topic, "bench");
         assert_eq!(ok.meta.key.as_deref(), Some("d1"));
         assert_eq!(ok.meta.origin.to_string(), "serial:/dev/ttyACM0");
         assert_eq!(&ok.payload[..], raw, "json-lines bytes untouched");
@@ -386,7 +391,7 @@ mod tests {
             line("uno", b"d3,x"),
             Framed::Converted(serde_json::json!({"device_id": "d3", "t": "x"})),
         );
-        assert_eq!(bad.meta.kafka_topic, "bench.DLQ");
+        assert_eq!(&*bad.meta.kafka_topic, "bench.DLQ");
         assert_eq!(bad.meta.dead_letter.unwrap().reason, Reason::Schema);
         assert_eq!(&bad.payload[..], b"d3,x", "dead letters keep the line");
 
@@ -401,14 +406,14 @@ mod tests {
             )
         };
         let long = rejected("uno");
-        assert_eq!(long.meta.kafka_topic, "bench.DLQ");
+        assert_eq!(&*long.meta.kafka_topic, "bench.DLQ");
         let info = long.meta.dead_letter.unwrap();
         assert_eq!(
             (info.reason, info.original_len),
             (Reason::FrameTooLong, Some(9000))
         );
         let unrouted = rejected("other");
-        assert_eq!(unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");
+        assert_eq!(&*unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");
         assert_eq!(
             unrouted.meta.dead_letter.unwrap().reason,
             Reason::FrameTooLong,

@@ -1,8 +1,16 @@
-//! Publishing: drains the outbox to Kafka in order and removes a record only after Kafka
-//! confirmed it. `kafka.rs` owns the producer and the delivery loop; `backoff.rs` the retry
-//! delays and circuit breaker that keep an outage from becoming a hot loop.
+//! Publishing: drains the outbox to Kafka in order and settles a record only after Kafka
+//! confirmed it (or refused it for good: then it goes to the local DLQ).
+//!
+//! - `publisher.rs`: the loop, on its own thread: window, delivery reports, retries;
+//! - `kafka.rs`: the producer's configuration, error classification, librdkafka callbacks;
+//! - `window.rs`: the in-flight slab and the settled watermark;
+//! - `backoff.rs`: retry delays and the circuit breaker that keep an outage from becoming a hot
+//!   loop.
 
 pub mod backoff;
 pub mod kafka;
+pub mod publisher;
+pub mod window;
 
-pub use kafka::{classify, Failure, PublishError, Publisher};
+pub use kafka::{classify, Failure};
+pub use publisher::{PublishError, Publisher};

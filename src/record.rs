@@ -135,31 +135,32 @@ pub struct DeadLetterInfo {
     pub original_len: Option<u64>,
 }
 
-/// Everything about a record except its payload.
+/// Everything about a record except its payload. Names are shared (`Arc<str>`): a reading
+/// costs no copy of its source, route, schema or topic name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// The gateway that received it.
-    pub gateway: String,
+    pub gateway: Arc<str>,
     /// Source name.
-    pub source: String,
+    pub source: Arc<str>,
     /// Topic or port.
     pub origin: Origin,
     /// Milliseconds since the Unix epoch.
     pub received_at_ms: u64,
     /// The matching route, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The route's schema, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
+    pub schema: Option<Arc<str>>,
     /// Destination topic (the DLQ topic for dead letters).
-    pub kafka_topic: String,
+    pub kafka_topic: Arc<str>,
     /// Partition key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Present for dead letters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<DeadLetterInfo>,
+    pub dead_letter: Option<Box<DeadLetterInfo>>,
 }
 
 /// A stored record: metadata plus the payload bytes exactly as received.

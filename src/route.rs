@@ -4,6 +4,8 @@
 //! filter (if any) matches the reading's MQTT topic wins. A reading that matches none is a
 //! `no-route` dead letter.
 
+use std::sync::Arc;
+
 use crate::config::{FilterError, RouteConfig, TopicFilter};
 use crate::record::Origin;
 
@@ -11,15 +13,17 @@ use crate::record::Origin;
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Display name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Source name.
     pub source: String,
     /// Topic filter (MQTT only).
     pub filter: Option<TopicFilter>,
     /// Schema file name.
-    pub schema: String,
+    pub schema: Arc<str>,
     /// Destination topic.
-    pub kafka_topic: String,
+    pub kafka_topic: Arc<str>,
+    /// Destination of its dead letters: `kafka_topic` + `dlq_suffix`.
+    pub dlq_topic: Arc<str>,
     /// JSON Pointer to the partition key.
     pub key: Option<String>,
 }
@@ -32,20 +36,21 @@ pub struct Router {
 
 impl Router {
     /// Builds the table; filters must already have passed [`crate::config::Config::problems`].
-    pub fn new(configs: &[RouteConfig]) -> Result<Self, FilterError> {
+    pub fn new(configs: &[RouteConfig], dlq_suffix: &str) -> Result<Self, FilterError> {
         let routes = configs
             .iter()
             .map(|c| {
                 Ok(Route {
-                    name: c.name(),
+                    name: c.name().into(),
                     source: c.source.clone(),
                     filter: c
                         .topic_filter
                         .as_deref()
                         .map(TopicFilter::parse)
                         .transpose()?,
-                    schema: c.schema.clone(),
-                    kafka_topic: c.kafka_topic.clone(),
+                    schema: c.schema.as_str().into(),
+                    kafka_topic: c.kafka_topic.as_str().into(),
+                    dlq_topic: format!("{}{dlq_suffix}", c.kafka_topic).into(),
                     key: c.key.clone().filter(|k| !k.is_empty()),
                 })
             })
@@ -85,19 +90,22 @@ mod tests {
             kafka_topic: topic.into(),
             key: None,
         };
-        let router = Router::new(&[
-            route("a", Some("x/special"), "special"),
-            route("a", Some("x/+"), "general"),
-            route("serial", None, "serial"),
-        ])
+        let router = Router::new(
+            &[
+                route("a", Some("x/special"), "special"),
+                route("a", Some("x/+"), "general"),
+                route("serial", None, "serial"),
+            ],
+            ".DLQ",
+        )
         .unwrap();
         let mqtt = |t: &str| Origin::Mqtt { topic: t.into() };
         assert_eq!(
-            router.find("a", &mqtt("x/special")).unwrap().kafka_topic,
+            &*router.find("a", &mqtt("x/special")).unwrap().kafka_topic,
             "special"
         );
         assert_eq!(
-            router.find("a", &mqtt("x/other")).unwrap().kafka_topic,
+            &*router.find("a", &mqtt("x/other")).unwrap().kafka_topic,
             "general"
         );
         assert!(router.find("b", &mqtt("x/other")).is_none());
@@ -105,6 +113,9 @@ mod tests {
         let port = Origin::Serial {
             port: "/dev/ttyUSB0".into(),
         };
-        assert_eq!(router.find("serial", &port).unwrap().kafka_topic, "serial");
+        assert_eq!(
+            &*router.find("serial", &port).unwrap().kafka_topic,
+            "serial"
+        );
     }
 }

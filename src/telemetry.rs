@@ -46,6 +46,8 @@ pub struct Stats {
     publish_latency: Histogram,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    outbox_corrupt: AtomicU64,
+    outbox_corrupt_records: AtomicU64,
     /// Liveness of the pipeline's tasks, read by the watchdog.
     pub heartbeats: Heartbeats,
 }
@@ -98,6 +100,39 @@ impl Histogram {
             count: self.count.load(Relaxed),
             sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
         }
+    }
+}
+
+/// Observations gathered locally (one publisher wake-up) and added to a [`Histogram`] at once.
+#[derive(Debug, Default)]
+pub struct LatencyBatch {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
+}
+
+impl LatencyBatch {
+    /// Records one observation.
+    pub fn observe(&mut self, value: std::time::Duration) {
+        let secs = value.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_micros += value.as_micros() as u64;
+    }
+}
+
+impl Histogram {
+    /// Adds a batch of observations.
+    pub fn add(&self, batch: &LatencyBatch) {
+        for (bucket, n) in self.buckets.iter().zip(batch.buckets) {
+            if n > 0 {
+                bucket.fetch_add(n, Relaxed);
+            }
+        }
+        self.count.fetch_add(batch.count, Relaxed);
+        self.sum_micros.fetch_add(batch.sum_micros, Relaxed);
     }
 }
 
@@ -197,6 +232,10 @@ pub struct Snapshot {
     pub reloads_failed: u64,
     /// When Kafka last confirmed a delivery (ms since the epoch, 0 = never).
     pub last_delivery_ms: u64,
+    /// Damaged ranges found in the outbox's segment files.
+    pub outbox_corrupt: u64,
+    /// Records lost in them (as far as the sequence numbers around the damage tell).
+    pub outbox_corrupt_records: u64,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
@@ -311,6 +350,50 @@ impl Stats {
         self.last_delivery_ms
             .store(crate::record::now_ms(), Relaxed);
     }
+    /// Kafka confirmed `total` records (`dead` of them dead letters), per topic as listed;
+    /// `latency` holds their publish latencies.
+    pub fn delivered_many<'a>(
+        &self,
+        by_topic: impl Iterator<Item = (&'a str, u64)>,
+        total: u64,
+        dead: u64,
+        latency: &LatencyBatch,
+    ) {
+        {
+            let mut detail = self.detail();
+            for (topic, n) in by_topic {
+                match detail.deliveries.get_mut(topic) {
+                    Some(v) => *v += n,
+                    None => {
+                        detail.deliveries.insert(topic.to_owned(), n);
+                    }
+                }
+            }
+        }
+        self.publish_latency.add(latency);
+        self.delivered.fetch_add(total, Relaxed);
+        self.delivered_dead_letters.fetch_add(dead, Relaxed);
+        self.last_delivery_ms
+            .store(crate::record::now_ms(), Relaxed);
+    }
+    /// `n` deliveries to `topic` failed transiently.
+    pub fn delivery_failed_many(&self, topic: &str, n: u64) {
+        {
+            let mut detail = self.detail();
+            match detail.failures.get_mut(topic) {
+                Some(v) => *v += n,
+                None => {
+                    detail.failures.insert(topic.to_owned(), n);
+                }
+            }
+        }
+        self.delivery_failures.fetch_add(n, Relaxed);
+    }
+    /// Records lost to damage found in the outbox's segment files.
+    pub fn outbox_corrupt(&self, records: u64) {
+        self.outbox_corrupt.fetch_add(1, Relaxed);
+        self.outbox_corrupt_records.fetch_add(records, Relaxed);
+    }
     /// A delivery to `topic` failed transiently.
     pub fn delivery_failed(&self, topic: &str) {
         bump(&mut self.detail().failures, topic);
@@ -408,6 +491,8 @@ impl Stats {
             publish_latency: self.publish_latency.read(),
             reloads_ok: self.reloads_ok.load(Relaxed),
             reloads_failed: self.reloads_failed.load(Relaxed),
+            outbox_corrupt: self.outbox_corrupt.load(Relaxed),
+            outbox_corrupt_records: self.outbox_corrupt_records.load(Relaxed),
         }
     }
 }

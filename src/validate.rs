@@ -122,6 +122,10 @@ pub fn compile_file(dir: &Path, path: &Path) -> Result<Validator, SchemaError> {
 
 /// Every violation of `instance` against `validator`, in the validator's order.
 pub fn violations(validator: &Validator, instance: &Value) -> Vec<Violation> {
+    // The fast check first: collecting errors walks the whole schema and allocates.
+    if validator.is_valid(instance) {
+        return Vec::new();
+    }
     validator
         .iter_errors(instance)
         .map(|e| Violation {

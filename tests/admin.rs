@@ -213,7 +213,7 @@ async fn dlq_tools_work_against_a_running_and_a_stopped_daemon() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(exported, gateway.outbox().dead_letters().unwrap());
+    assert_eq!(exported, gateway.outbox().dlq().all().unwrap());
 
     // queue stats knows Kafka's state from the daemon.
     let stats = json(&sensorgate(&config, &["queue", "stats", "--json"]));

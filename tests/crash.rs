@@ -205,6 +205,7 @@ async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker()
         let outbox = Outbox::open(
             &dir.path().join("state"),
             &QueueConfig::default(),
+            &sensorgate::config::DlqConfig::default(),
             Arc::default(),
         )
         .unwrap();

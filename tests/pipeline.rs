@@ -159,7 +159,7 @@ async fn readings_reach_kafka_in_order_and_bad_ones_become_dead_letters() {
     assert_eq!(reasons(&unrouted), BTreeMap::from([("no-route".into(), 5)]));
 
     // The local DLQ holds the same dead letters with their violations.
-    let local = gateway.outbox().dead_letters().unwrap();
+    let local = gateway.outbox().dlq().all().unwrap();
     let mut local_reasons = BTreeMap::new();
     for r in &local {
         *local_reasons

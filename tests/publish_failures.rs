@@ -58,7 +58,7 @@ async fn a_record_kafka_refuses_permanently_becomes_a_publish_rejected_dead_lett
         s.delivered == 2 && gateway.outbox().stats().depth == 0
     })
     .await;
-    let dead = gateway.outbox().dead_letters().unwrap();
+    let dead = gateway.outbox().dlq().all().unwrap();
     assert_eq!(dead.len(), 1);
     let info = dead[0].meta.dead_letter.as_ref().unwrap();
     assert_eq!(info.reason, Reason::PublishRejected);
@@ -103,10 +103,10 @@ async fn a_broker_refusal_on_delivery_is_dead_lettered_and_every_reading_stays_a
     )
     .await;
     wait_for(LONG, "the refused reading in the local DLQ", || {
-        gateway.outbox().dead_letters().unwrap().len() == 1
+        gateway.outbox().dlq().all().unwrap().len() == 1
     })
     .await;
-    let dead = gateway.outbox().dead_letters().unwrap();
+    let dead = gateway.outbox().dlq().all().unwrap();
     let info = dead[0].meta.dead_letter.as_ref().unwrap();
     assert_eq!(info.reason, Reason::PublishRejected);
     assert!(
@@ -135,7 +135,7 @@ async fn a_broker_refusal_on_delivery_is_dead_lettered_and_every_reading_stays_a
         reader.read_until(LONG, "the delivered readings", |r| r.len() >= delivered)
     });
     assert_eq!(
-        gateway.outbox().dead_letters().unwrap().len() + reader.records.len(),
+        gateway.outbox().dlq().all().unwrap().len() + reader.records.len(),
         21
     );
     gateway.shutdown().await.unwrap();

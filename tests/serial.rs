@@ -296,7 +296,7 @@ async fn bad_lines_become_dead_letters_and_reading_goes_on() {
     );
 
     // The local dead-letter store has them too, the over-long line with its real length.
-    let local = gateway.outbox().dead_letters().unwrap();
+    let local = gateway.outbox().dlq().all().unwrap();
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     for record in &local {
         *reasons

@@ -248,7 +248,8 @@ fn sd_notify_reports_ready_status_and_watchdog_and_the_watchdog_stops_when_wedge
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             assert!(
                 !msg.contains("WATCHDOG=1"),
-                "watchdog pinged while the publisher was wedged"
+                "watchdog pinged while the publisher was wedged; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
     }

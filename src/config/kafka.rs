@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units;
+use super::units::{self, ByteSize};
 use super::Problem;
 
 /// Kafka compression codecs.
@@ -63,6 +63,9 @@ pub struct KafkaConfig {
     /// Most records handed to librdkafka and not yet confirmed (bounds its memory queue).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Most bytes (payloads, keys, topics) handed to librdkafka and not yet confirmed.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: ByteSize,
     /// Any librdkafka property, applied last (so it wins over the keys above).
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
@@ -78,6 +81,12 @@ impl KafkaConfig {
         }
         if self.max_in_flight == 0 {
             problems.push(Problem::new("max_in_flight", "must be at least 1"));
+        }
+        if self.max_in_flight_bytes.bytes() < 64 << 10 {
+            problems.push(Problem::new(
+                "max_in_flight_bytes",
+                format!("{} is too small (at least 64KiB)", self.max_in_flight_bytes),
+            ));
         }
         if self.dlq_suffix.is_empty() {
             problems.push(Problem::new(
@@ -106,6 +115,9 @@ const fn default_linger() -> Duration {
 }
 const fn default_message_timeout() -> Duration {
     Duration::from_secs(30)
+}
+const fn default_max_in_flight_bytes() -> ByteSize {
+    ByteSize(4 << 20)
 }
 const fn default_max_in_flight() -> usize {
     10_000

@@ -43,9 +43,13 @@ pub struct QueueConfig {
     /// Most readings in one group commit.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// After sled's flush, also `fsync` the data file (sled 0.34 only issues `sync_file_range`).
+    /// Sync every commit before acknowledging it (`fdatasync` of the log, `fsync` of sled's
+    /// data file). `false` survives a crashed process but not a power cut.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// Memory for sled's page cache (the dead-letter store and metadata).
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: ByteSize,
 }
 
 impl QueueConfig {
@@ -73,6 +77,7 @@ impl Default for QueueConfig {
             commit_interval: default_commit_interval(),
             max_batch: default_max_batch(),
             fsync: true,
+            cache_capacity: default_cache_capacity(),
         }
     }
 }
@@ -88,6 +93,9 @@ const fn default_commit_interval() -> Duration {
 }
 const fn default_max_batch() -> usize {
     4096
+}
+const fn default_cache_capacity() -> ByteSize {
+    ByteSize(1 << 20)
 }
 const fn default_true() -> bool {
     true

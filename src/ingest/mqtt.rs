@@ -2,26 +2,39 @@
 //! client id) with manual acknowledgements.
 //!
 //! A PUBACK is sent only after the committer made the reading durable, so a reading the gateway
-//! had not stored when it died is redelivered by the broker. The acks go through a separate
-//! task: awaiting `AsyncClient::ack` inside the task that polls the event loop can deadlock on a
-//! full request channel. The incoming packet limit is the MQTT maximum, so an oversize payload is
-//! received, dead-lettered as `too-large` and acknowledged, never a reconnect loop. rumqttc does
-//! not restore subscriptions when the broker lost the session, so we subscribe on every ConnAck
-//! without `session_present`.
+//! had not stored when it died is redelivered by the broker. The committer returns one list of
+//! [`AckToken`]s per commit; the task queues them into rumqttc without awaiting (a full request
+//! channel must not block the task that polls the event loop), keeping the rest for after the
+//! next poll.
+//!
+//! A PUBACK is only a packet id, so it is tied to its connection: every connection gets a fresh
+//! rumqttc client and event loop (nothing queued for the old one can leak onto the new one) and
+//! a number, and tokens of an older connection are dropped — the broker redelivers those
+//! readings, and with a lost session the same id would acknowledge a different, unstored one.
+//!
+//! Every CONNACK is followed by a SUBSCRIBE, whatever `session_present` says: a link that broke
+//! between a first CONNACK and its SUBSCRIBE leaves the broker a persistent session without a
+//! subscription, which would never deliver. The source counts as up only once the SUBACK
+//! granted every filter; a refused subscription is retried with backoff.
+//!
+//! The incoming packet limit is the MQTT maximum, so an oversize payload is received,
+//! dead-lettered as `too-large` and acknowledged, never a reconnect loop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use rumqttc::{
-    AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode, Transport,
+    AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    SubscribeReasonCode, Transport,
 };
 use thiserror::Error;
-use tokio::sync::mpsc;
-use tokio::time::sleep;
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET};
-use crate::outbox::committer::{Submission, Submitter};
+use crate::outbox::committer::{AckReceiver, AckToken, Request, Submission, Submitter};
 use crate::pipeline::Classifier;
 use crate::record::{now_ms, Origin, Reading};
 use crate::telemetry::Stats;
@@ -49,16 +62,20 @@ pub struct MqttSource {
     client_id: String,
     classifier: Arc<Classifier>,
     submit: Submitter,
+    sink: u16,
+    acks: AckReceiver,
     stats: Arc<Stats>,
 }
 
 impl MqttSource {
-    /// A source that classifies with `classifier` and submits to `submit`.
+    /// A source that classifies with `classifier`, submits to `submit` and receives the
+    /// acknowledgements of its ack sink `(sink, acks)` ([`crate::outbox::committer::AckSinks`]).
     pub fn new(
         config: MqttConfig,
         gateway_id: &str,
         classifier: Arc<Classifier>,
         submit: Submitter,
+        (sink, acks): (u16, AckReceiver),
         stats: Arc<Stats>,
     ) -> Self {
         let client_id = config.client_id(gateway_id);
@@ -67,6 +84,8 @@ impl MqttSource {
             client_id,
             classifier,
             submit,
+            sink,
+            acks,
             stats,
         }
     }
@@ -114,90 +133,38 @@ impl MqttSource {
 
     /// Receives until `stop` is cancelled, then lets pending acknowledgements reach the broker
     /// and disconnects (the session, and anything unacknowledged, stays with the broker).
-    pub async fn run(self, stop: CancellationToken) -> Result<(), MqttError> {
-        let options = self.options()?;
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), MqttError> {
         let name: Arc<str> = Arc::from(self.config.name.as_str());
-        let max_payload = self.config.max_payload.bytes() as usize;
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
-        let acker = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                while let Some(publish) = ack_rx.recv().await {
-                    if client.ack(&publish).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        };
         tracing::info!(source = %name, url = %self.config.url, client_id = %self.client_id, "Connecting to MQTT broker");
-
         self.stats.source_up(&name, false);
+        let mut conn = 0u32;
         let mut failures = 0u32;
         let mut delay = Duration::from_millis(200);
         loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => break,
-                event = eventloop.poll() => event,
+            conn = conn.wrapping_add(1);
+            let (client, eventloop) = AsyncClient::new(self.options()?, 1024);
+            let mut link = Link {
+                client,
+                eventloop,
+                conn,
+                unsent: VecDeque::new(),
+                resubscribe_at: None,
+                sub_delay: Duration::from_millis(200),
             };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    if failures > 0 {
-                        tracing::info!(source = %name, attempts = failures, "Reconnected to MQTT broker");
-                    }
-                    failures = 0;
-                    delay = Duration::from_millis(200);
-                    if ack.session_present {
-                        self.stats.source_up(&name, true);
-                        tracing::info!(source = %name, "MQTT session resumed");
-                    } else {
-                        let filters =
-                            self.config.topics.iter().map(|t| {
-                                rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce)
-                            });
-                        if let Err(e) = client.try_subscribe_many(filters) {
-                            tracing::error!(source = %name, error = %e, "Cannot subscribe");
-                        }
-                        tracing::info!(source = %name, topics = ?self.config.topics, "Connected to MQTT broker without a session; subscribing");
-                    }
+            let end = self
+                .connection(&name, &mut link, &mut failures, &stop)
+                .await;
+            self.stats.source_up(&name, false);
+            match end {
+                End::Stopped => {
+                    let stats = self.stats.clone();
+                    self.wind_down(&name, link).await;
+                    stats.source_up(&name, false);
+                    tracing::info!(source = %name, "MQTT source stopped");
+                    return Ok(());
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
-                        self.stats.source_up(&name, false);
-                        tracing::error!(source = %name, codes = ?ack.return_codes, "MQTT broker refused a subscription");
-                    } else {
-                        self.stats.source_up(&name, true);
-                        tracing::info!(source = %name, "Subscribed");
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let reading = Reading {
-                        source: name.clone(),
-                        origin: Origin::Mqtt {
-                            topic: publish.topic.clone(),
-                        },
-                        payload: publish.payload.clone(),
-                        received_at_ms: now_ms(),
-                    };
-                    tracing::trace!(source = %name, topic = %publish.topic, pkid = publish.pkid, "Reading received");
-                    let record = self.classifier.classify(reading, max_payload);
-                    let tx = ack_tx.clone();
-                    let submission = Submission {
-                        record,
-                        ack: Some(Box::new(move || {
-                            let _ = tx.send(publish);
-                        })),
-                    };
-                    if self.submit.send(submission).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
+                End::PipelineClosed => break,
+                End::Lost(e) => {
                     failures += 1;
                     self.stats.mqtt_reconnect(&name);
                     if failures == 1 {
@@ -205,6 +172,8 @@ impl MqttSource {
                     } else {
                         tracing::debug!(source = %name, error = %e, attempts = failures, "MQTT reconnect failed");
                     }
+                    // Acknowledgements of this connection still on their way are worthless now.
+                    drop(link);
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = sleep(delay) => {}
@@ -212,21 +181,129 @@ impl MqttSource {
                     delay = (delay * 2).min(self.config.reconnect_max);
                 }
             }
+            if failures == 0 {
+                delay = Duration::from_millis(200);
+            }
         }
+        self.stats.source_up(&name, false);
+        tracing::info!(source = %name, "MQTT source stopped");
+        Ok(())
+    }
 
-        // Stop taking readings, let the committer acknowledge what it stored, then disconnect.
-        drop(self.submit);
-        drop(ack_tx);
+    /// Serves one connection until it fails, the pipeline closes or `stop`.
+    async fn connection(
+        &mut self,
+        name: &Arc<str>,
+        link: &mut Link,
+        failures: &mut u32,
+        stop: &CancellationToken,
+    ) -> End {
+        let max_payload = self.config.max_payload.bytes() as usize;
+        loop {
+            link.push_acks();
+            let resubscribe = link.resubscribe_at;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return End::Stopped,
+                tokens = self.acks.recv() => match tokens {
+                    Some(tokens) => link.queue_acks(&tokens),
+                    None => return End::PipelineClosed,
+                },
+                _ = sleep_until(resubscribe.unwrap_or_else(Instant::now)), if resubscribe.is_some() => {
+                    link.resubscribe_at = None;
+                    self.subscribe(name, link);
+                }
+                event = link.eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        if *failures > 0 {
+                            tracing::info!(source = %name, attempts = *failures, "Reconnected to MQTT broker");
+                        }
+                        *failures = 0;
+                        tracing::info!(source = %name, session_present = ack.session_present, topics = ?self.config.topics, "Connected to MQTT broker; subscribing");
+                        self.subscribe(name, link);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        if ack
+                            .return_codes
+                            .iter()
+                            .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                        {
+                            self.stats.source_up(name, false);
+                            tracing::error!(source = %name, codes = ?ack.return_codes, retry_ms = link.sub_delay.as_millis() as u64, "MQTT broker refused a subscription; retrying with backoff");
+                            link.resubscribe_at = Some(Instant::now() + link.sub_delay);
+                            link.sub_delay = (link.sub_delay * 2).min(self.config.reconnect_max);
+                        } else {
+                            self.stats.source_up(name, true);
+                            link.sub_delay = Duration::from_millis(200);
+                            tracing::info!(source = %name, "Subscribed");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
+                            sink: self.sink,
+                            conn: link.conn,
+                            id: publish.pkid,
+                        });
+                        tracing::trace!(source = %name, topic = %publish.topic, pkid = publish.pkid, "Reading received");
+                        let reading = Reading {
+                            source: name.clone(),
+                            origin: Origin::Mqtt {
+                                topic: publish.topic,
+                            },
+                            payload: publish.payload,
+                            received_at_ms: now_ms(),
+                        };
+                        let record = self.classifier.classify(reading, max_payload);
+                        let request = Request::Record(Submission { record, ack });
+                        if self.submit.send(request).await.is_err() {
+                            return End::PipelineClosed;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return End::Lost(e),
+                },
+            }
+        }
+    }
+
+    fn subscribe(&self, name: &str, link: &mut Link) {
+        let filters = self
+            .config
+            .topics
+            .iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = link.client.try_subscribe_many(filters) {
+            tracing::warn!(source = %name, error = %e, "Cannot queue the subscription; retrying");
+            link.resubscribe_at = Some(Instant::now() + link.sub_delay);
+        }
+    }
+
+    /// Stop: no new readings; let the committer acknowledge what it stored, then disconnect.
+    async fn wind_down(self, name: &str, mut link: Link) {
+        let Self {
+            submit, mut acks, ..
+        } = self;
+        drop(submit);
         let drain = async {
-            let mut acker = acker;
             loop {
+                link.push_acks();
                 tokio::select! {
-                    _ = &mut acker => break,
-                    event = eventloop.poll() => if event.is_err() { return },
+                    tokens = acks.recv() => match tokens {
+                        Some(tokens) => link.queue_acks(&tokens),
+                        None => break,
+                    },
+                    event = link.eventloop.poll() => if event.is_err() { return },
                 }
             }
-            let _ = client.try_disconnect();
-            while let Ok(event) = eventloop.poll().await {
+            // Every acknowledgement is queued: poll until rumqttc wrote them, then disconnect.
+            while !link.unsent.is_empty() {
+                link.push_acks();
+                if link.eventloop.poll().await.is_err() {
+                    return;
+                }
+            }
+            let _ = link.client.try_disconnect();
+            while let Ok(event) = link.eventloop.poll().await {
                 if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
                     break;
                 }
@@ -238,8 +315,52 @@ impl MqttSource {
         {
             tracing::warn!(source = %name, "Timed out flushing MQTT acknowledgements; the broker will redeliver");
         }
-        self.stats.source_up(&name, false);
-        tracing::info!(source = %name, "MQTT source stopped");
-        Ok(())
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Stopped,
+    PipelineClosed,
+    Lost(rumqttc::ConnectionError),
+}
+
+/// One connection: its client and event loop, and the acknowledgements waiting for room in
+/// rumqttc's request channel.
+struct Link {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    conn: u32,
+    unsent: VecDeque<u16>,
+    resubscribe_at: Option<Instant>,
+    sub_delay: Duration,
+}
+
+impl Link {
+    /// Keeps the tokens of this connection; older ones are dropped (see the module doc).
+    fn queue_acks(&mut self, tokens: &[AckToken]) {
+        let stale = tokens.iter().filter(|t| t.conn != self.conn).count();
+        if stale > 0 {
+            tracing::debug!(
+                stale,
+                "Dropped acknowledgements of an earlier connection; the broker redelivers those readings"
+            );
+        }
+        self.unsent
+            .extend(tokens.iter().filter(|t| t.conn == self.conn).map(|t| t.id));
+    }
+
+    /// Queues as many acknowledgements as rumqttc's request channel takes.
+    fn push_acks(&mut self) {
+        while let Some(&id) = self.unsent.front() {
+            let mut ack = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            ack.pkid = id;
+            match self.client.try_ack(&ack) {
+                Ok(()) => {
+                    self.unsent.pop_front();
+                }
+                Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => break,
+            }
+        }
     }
 }

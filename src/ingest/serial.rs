@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Decoder, Line, LineSplitter};
 use crate::config::{FlowControl, Parity, SerialConfig, SerialFormat, SERIAL_RECONNECT_MIN};
-use crate::outbox::committer::{Submission, Submitter};
+use crate::outbox::committer::{Request, Submission, Submitter};
 use crate::pipeline::{Classifier, Framed};
 use crate::record::{now_ms, Origin, Reading, Reason, Violation};
 use crate::telemetry::{PortStats, Stats};
@@ -314,7 +314,7 @@ impl SerialSource {
         let record = self.classifier.classify_framed(reading, framed);
         self.port.line(record.meta.dead_letter.is_some());
         self.submit
-            .send(Submission { record, ack: None })
+            .send(Request::Record(Submission { record, ack: None }))
             .await
             .is_ok()
     }

@@ -1,50 +1,152 @@
-//! Group commit: sources submit records with an acknowledgement callback; the committer appends
-//! everything that arrives within `queue.commit_interval` (up to `queue.max_batch`), makes it
-//! durable with one flush, and only then runs the callbacks, in arrival order.
+//! Group commit: sources submit records; the committer encodes everything that arrives within
+//! `queue.commit_interval` of the first (up to `queue.max_batch`) into one batch, makes it
+//! durable with one sync ([`Outbox::commit`]), and only then acknowledges: one list of
+//! [`AckToken`]s per source per commit, sent back to the source that must acknowledge them.
+//! Committed frames go to the publisher in memory ([`Handoff`]); when the publisher lags behind
+//! they are dropped there and it reads them from disk instead.
+//!
+//! The committer is the outbox's only writer: `dlq replay` hands its records here too
+//! ([`Request::Replay`]), so they get sequence numbers in commit order and reach the publisher
+//! like any other record.
 //!
 //! When the outbox is full under the `block` policy, or the disk refuses a write, the committer
-//! holds the remaining submissions unacknowledged and retries; MQTT brokers keep redelivering
-//! what was never acknowledged, so nothing is lost while it waits.
+//! holds the batch unacknowledged and retries; MQTT brokers keep redelivering what was never
+//! acknowledged, so nothing is lost while it waits. It runs on its own thread: its work is file
+//! I/O, and a blocked sync must not hold up the async runtime.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
 
-use super::{Appended, Outbox};
+use super::{Batch, CommitError, Committed, Outbox, OutboxError};
 use crate::config::QueueConfig;
 use crate::record::Record;
 
-/// Runs once the submission is durable (e.g. sends the MQTT PUBACK).
-pub type Ack = Box<dyn FnOnce() + Send>;
+/// Acknowledges one received reading once it is durable: which source (`sink`), which of its
+/// connections (`conn`), and the packet id (`id`). A source drops tokens of an older connection:
+/// a packet id means nothing on another connection, and the broker redelivers anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    /// The source's ack sink ([`AckSinks::register`]).
+    pub sink: u16,
+    /// The connection the reading came on.
+    pub conn: u32,
+    /// The MQTT packet id.
+    pub id: u16,
+}
 
 /// A record on its way into the outbox.
+#[derive(Debug)]
 pub struct Submission {
     /// The record.
     pub record: Record,
-    /// Called after the commit that made the record durable.
-    pub ack: Option<Ack>,
+    /// Acknowledgement to send after the commit that made the record durable.
+    pub ack: Option<AckToken>,
 }
 
-impl std::fmt::Debug for Submission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Submission")
-            .field("record", &self.record)
-            .field("ack", &self.ack.is_some())
-            .finish()
-    }
+/// Dead letters to move back into the outbox (`dlq replay`).
+#[derive(Debug)]
+pub struct Replay {
+    /// `(dead-letter id, record to queue)`.
+    pub records: Vec<(u64, Record)>,
+    /// Answered once the records are durable in the outbox and removed from the store.
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the committer takes.
+#[derive(Debug)]
+pub enum Request {
+    /// A received reading.
+    Record(Submission),
+    /// A replay.
+    Replay(Replay),
 }
 
 /// Where sources send submissions.
-pub type Submitter = mpsc::Sender<Submission>;
+pub type Submitter = mpsc::Sender<Request>;
+
+/// Where a source receives its acknowledgements: one vector per commit.
+pub type AckReceiver = mpsc::UnboundedReceiver<Vec<AckToken>>;
+
+/// The sources' ack channels, registered before the committer starts.
+#[derive(Debug, Default)]
+pub struct AckSinks {
+    senders: Vec<mpsc::UnboundedSender<Vec<AckToken>>>,
+}
+
+impl AckSinks {
+    /// A new sink: its number (for [`AckToken::sink`]) and the receiving end.
+    pub fn register(&mut self) -> (u16, AckReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.senders.push(tx);
+        (
+            u16::try_from(self.senders.len() - 1).unwrap_or(u16::MAX),
+            rx,
+        )
+    }
+}
+
+/// Committed frames on their way to the publisher, bounded in bytes.
+#[derive(Debug)]
+pub struct Handoff {
+    queue: Mutex<(VecDeque<Committed>, usize)>,
+    ready: Condvar,
+    max_bytes: usize,
+}
+
+impl Handoff {
+    /// A hand-off holding at most `max_bytes` of frames.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            queue: Mutex::new((VecDeque::new(), 0)),
+            ready: Condvar::new(),
+            max_bytes,
+        }
+    }
+
+    /// Offers committed frames; dropped (the publisher reads them from disk) when full.
+    pub fn push(&self, committed: Committed) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.1 + committed.frames.len() <= self.max_bytes || q.0.is_empty() {
+            q.1 += committed.frames.len();
+            q.0.push_back(committed);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Takes the oldest commit offered.
+    pub fn pop(&self) -> Option<Committed> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let c = q.0.pop_front()?;
+        q.1 -= c.frames.len();
+        Some(c)
+    }
+
+    /// Waits until something is offered or `timeout` passed.
+    pub fn wait(&self, timeout: Duration) {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.0.is_empty() {
+            let _ = self.ready.wait_timeout(q, timeout);
+        }
+    }
+
+    /// Wakes a waiting publisher (shutdown).
+    pub fn wake(&self) {
+        self.ready.notify_all();
+    }
+}
 
 /// The group-commit task.
 #[derive(Debug)]
 pub struct Committer {
     outbox: Arc<Outbox>,
-    rx: mpsc::Receiver<Submission>,
+    rx: mpsc::Receiver<Request>,
+    sinks: AckSinks,
+    handoff: Arc<Handoff>,
     interval: Duration,
     max_batch: usize,
 }
@@ -52,11 +154,18 @@ pub struct Committer {
 impl Committer {
     /// A committer and the sender for sources. The channel holds one batch, so a stalled
     /// committer pushes back on sources instead of growing memory.
-    pub fn new(outbox: Arc<Outbox>, config: &QueueConfig) -> (Self, Submitter) {
+    pub fn new(
+        outbox: Arc<Outbox>,
+        config: &QueueConfig,
+        sinks: AckSinks,
+        handoff: Arc<Handoff>,
+    ) -> (Self, Submitter) {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1));
         let committer = Self {
             outbox,
             rx,
+            sinks,
+            handoff,
             interval: config.commit_interval,
             max_batch: config.max_batch.max(1),
         };
@@ -64,23 +173,36 @@ impl Committer {
     }
 
     /// Commits batches until every [`Submitter`] is dropped and the last batch is durable.
-    pub async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
+    /// Blocks the calling thread (run it with `spawn_blocking`).
+    pub fn run(self) -> Result<(), OutboxError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| OutboxError::Sync(format!("cannot start the committer: {e}")))?;
+        runtime.block_on(self.commit_loop());
+        Ok(())
+    }
+
+    async fn commit_loop(mut self) {
+        let mut pending = Vec::with_capacity(self.max_batch);
+        let mut batch = self.outbox.batch();
+        let mut work = Work::default();
         loop {
-            if self.rx.recv_many(&mut batch, self.max_batch).await == 0 {
+            if self.rx.recv_many(&mut pending, self.max_batch).await == 0 {
                 return;
             }
             let deadline = Instant::now() + self.interval;
             let mut closed = false;
-            while batch.len() < self.max_batch {
-                let room = self.max_batch - batch.len();
+            while pending.len() < self.max_batch {
+                let room = self.max_batch - pending.len();
                 tokio::select! {
-                    n = self.rx.recv_many(&mut batch, room) => if n == 0 { closed = true; break },
+                    n = self.rx.recv_many(&mut pending, room) => if n == 0 { closed = true; break },
                     _ = sleep_until(deadline) => break,
                 }
             }
             self.outbox.stats.heartbeats.committer_busy(true);
-            self.store(std::mem::take(&mut batch)).await;
+            work.fill(&mut pending, &self.outbox, &mut batch);
+            self.store(&mut batch, &mut work);
             self.outbox.stats.heartbeats.committer_busy(false);
             if closed {
                 return;
@@ -88,81 +210,151 @@ impl Committer {
         }
     }
 
-    async fn store(&self, batch: Vec<Submission>) {
-        let mut pending: VecDeque<Submission> = batch.into();
-        let mut appended: Vec<Option<Ack>> = Vec::with_capacity(pending.len());
+    /// Commits `batch` (retrying until it is durable), then acknowledges.
+    fn store(&mut self, batch: &mut Batch, work: &mut Work) {
         let mut failures = 0u32;
-        let mut blocked_since: Option<Instant> = None;
+        let mut blocked = false;
         loop {
-            let mut full = false;
-            while let Some(mut sub) = pending.pop_front() {
-                match self.outbox.append(&mut sub.record) {
-                    Ok(Appended::Stored(_)) => appended.push(sub.ack),
-                    Ok(Appended::Full) => {
-                        pending.push_front(sub);
-                        full = true;
-                        break;
+            let dead: Vec<&Record> = work.dead.iter().map(|i| &work.records[*i]).collect();
+            match self.outbox.commit(batch, &dead) {
+                Ok(committed) => {
+                    if failures > 0 {
+                        tracing::info!(attempts = failures, "Outbox writes succeed again");
                     }
-                    Err(e) => {
-                        pending.push_front(sub);
-                        failures += 1;
-                        self.backoff(failures, &e).await;
-                        break;
+                    if blocked {
+                        tracing::info!("Outbox has room again: acknowledging readings");
                     }
+                    break self.committed(committed, work);
                 }
-            }
-            if !appended.is_empty() {
-                if let Err(e) = self.outbox.commit().await {
+                Err(CommitError::Full) => {
+                    if !blocked {
+                        blocked = true;
+                        tracing::warn!(
+                            waiting = batch.len(),
+                            "Outbox full (policy block): holding acknowledgements until Kafka drains it"
+                        );
+                    }
+                    // Waiting for room is legitimate, not a stall: keep the watchdog fed.
+                    self.outbox.stats.heartbeats.committer_busy(false);
+                    self.outbox.wait_for_room(Duration::from_millis(500));
+                    self.outbox.stats.heartbeats.committer_busy(true);
+                }
+                Err(CommitError::Failed(e)) => {
                     failures += 1;
-                    self.backoff(failures, &e).await;
-                    continue;
+                    let delay = Duration::from_millis(100u64 << failures.min(6))
+                        .min(Duration::from_secs(5));
+                    if failures == 1 || failures % 60 == 0 {
+                        tracing::error!(
+                            error = %e,
+                            attempts = failures,
+                            "Cannot write the outbox (disk full or failing?); readings stay unacknowledged and will be retried"
+                        );
+                    }
+                    // A failing disk that answers is not a stall: do not starve the watchdog.
+                    self.outbox.stats.heartbeats.committer_busy(false);
+                    std::thread::sleep(delay);
+                    self.outbox.stats.heartbeats.committer_busy(true);
                 }
-                if failures > 0 {
-                    tracing::info!(attempts = failures, "Outbox writes succeed again");
-                    failures = 0;
-                }
-                self.outbox.stats.committed(appended.len() as u64);
-                for ack in appended.drain(..).flatten() {
-                    ack();
-                }
-            }
-            if pending.is_empty() {
-                if let Some(since) = blocked_since {
-                    tracing::info!(
-                        waited_ms = since.elapsed().as_millis() as u64,
-                        "Outbox has room again: acknowledging readings"
-                    );
-                }
-                return;
-            }
-            if full {
-                if blocked_since.is_none() {
-                    blocked_since = Some(Instant::now());
-                    tracing::warn!(
-                        waiting = pending.len(),
-                        "Outbox full (policy block): holding acknowledgements until Kafka drains it"
-                    );
-                }
-                // The notification can race with the check; the timeout makes that harmless.
-                // Waiting for room is legitimate, not a stall: keep the watchdog fed.
-                let _ = timeout(Duration::from_millis(500), self.outbox.wait_for_room()).await;
-                self.outbox.stats.heartbeats.committer_busy(true);
             }
         }
     }
 
-    async fn backoff(&self, failures: u32, error: &super::OutboxError) {
-        let delay = Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
-        if failures == 1 || failures % 60 == 0 {
-            tracing::error!(
-                error = %error,
-                attempts = failures,
-                "Cannot write the outbox (disk full or failing?); readings stay unacknowledged and will be retried"
-            );
+    fn committed(&mut self, committed: Committed, work: &mut Work) {
+        let stored = committed.end_seq - committed.first_seq;
+        self.outbox.stats.committed(stored);
+        if !committed.frames.is_empty() {
+            self.handoff.push(committed);
         }
-        // A failing disk that answers is not a stall: do not starve the watchdog while waiting.
-        self.outbox.stats.heartbeats.committer_busy(false);
-        tokio::time::sleep(delay).await;
-        self.outbox.stats.heartbeats.committer_busy(true);
+        for (sink, tokens) in work.acks.iter_mut().enumerate() {
+            if tokens.is_empty() {
+                continue;
+            }
+            if let Some(tx) = self.sinks.senders.get(sink) {
+                let _ = tx.send(std::mem::take(tokens));
+            } else {
+                tokens.clear();
+            }
+        }
+        if !work.replays.is_empty() {
+            for replay in work.replays.drain(..) {
+                let result = self
+                    .outbox
+                    .dlq()
+                    .remove(&replay.ids)
+                    .and_then(|_| self.outbox.dlq().sync())
+                    .map(drop)
+                    .map_err(|e| {
+                        format!(
+                            "the records are queued again but could not be removed from the \
+                             dead-letter store ({e}); a later replay would send them twice"
+                        )
+                    });
+                let _ = replay.done.send(result);
+            }
+        }
+        work.clear();
+    }
+}
+
+/// A replay waiting for its commit.
+#[derive(Debug)]
+struct PendingReplay {
+    ids: Vec<u64>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The records of one batch and what to do once it is durable.
+#[derive(Debug, Default)]
+struct Work {
+    records: Vec<Record>,
+    dead: Vec<usize>,
+    acks: Vec<Vec<AckToken>>,
+    replays: Vec<PendingReplay>,
+}
+
+impl Work {
+    fn fill(&mut self, pending: &mut Vec<Request>, outbox: &Outbox, batch: &mut Batch) {
+        outbox.begin(batch);
+        for request in pending.drain(..) {
+            match request {
+                Request::Record(sub) => {
+                    batch.push(&sub.record);
+                    if let Some(ack) = sub.ack {
+                        let sink = usize::from(ack.sink);
+                        if self.acks.len() <= sink {
+                            self.acks.resize_with(sink + 1, Vec::new);
+                        }
+                        self.acks[sink].push(ack);
+                    }
+                    if sub.record.meta.dead_letter.is_some() {
+                        self.dead.push(self.records.len());
+                        self.records.push(sub.record);
+                    }
+                }
+                Request::Replay(replay) => {
+                    let mut ids = Vec::with_capacity(replay.records.len());
+                    for (id, record) in replay.records {
+                        batch.push(&record);
+                        ids.push(id);
+                        if record.meta.dead_letter.is_some() {
+                            self.dead.push(self.records.len());
+                            self.records.push(record);
+                        }
+                    }
+                    self.replays.push(PendingReplay {
+                        ids,
+                        done: replay.done,
+                    });
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.dead.clear();
+        for a in &mut self.acks {
+            a.clear();
+        }
     }
 }
