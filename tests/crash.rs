@@ -4,8 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,68 +14,6 @@ use sensorgate::outbox::Outbox;
 
 const LONG: Duration = Duration::from_secs(120);
 
-struct GatewayProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    fn spawn(config: &Path, log: &Path, rust_log: &str) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches(needle)
-            .count()
-    }
-
-    /// SIGKILL; panics if the process had already died by itself (so every restart is known to
-    /// have been running when it was killed; counting "Starting" log lines is not reliable, as
-    /// a process killed early may not have logged yet).
-    fn kill9(&mut self) {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the gateway had exited by itself: {status:?}");
-        }
-        self.child.kill().unwrap(); // SIGKILL
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.signal() == Some(9) || status.code().is_some(),
-            "{status:?}"
-        );
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- gateway log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
@@ -86,7 +22,7 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
     let log = dir.path().join("gateway.log");
-    let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the gateway to subscribe", || {
             gateway.log_count("Subscribed") >= 1
@@ -138,7 +74,7 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
         if !finished.load(Ordering::SeqCst) {
             kills_mid_stream += 1;
         }
-        gateway = GatewayProcess::spawn(&config, &log, "info");
+        gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
     }
 
     sensor.await.unwrap();
@@ -182,7 +118,7 @@ async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker()
         "commit_interval = \"1h\"",
     );
     let log = dir.path().join("gateway.log");
-    let mut gateway = GatewayProcess::spawn(&config, &log, "sensorgate=trace,info");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "sensorgate=trace,info")]);
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the gateway to subscribe", || {
             gateway.log_count("Subscribed") >= 1
@@ -220,7 +156,7 @@ async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker()
         .unwrap()
         .replace("commit_interval = \"1h\"", "");
     std::fs::write(&config, text).unwrap();
-    let _gateway = GatewayProcess::spawn(&config, &log, "info");
+    let _gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
     let mut reader = tokio::task::block_in_place(|| {
         Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
     });
@@ -251,7 +187,7 @@ async fn soak_repeated_sigkills() {
 
     let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
     let log = dir.path().join("gateway.log");
-    let mut gateway = GatewayProcess::spawn(&config, &log, "info");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
     // The first connection creates the session: readings published before the subscription
     // exists are dropped by the broker, so wait for it.
     tokio::task::block_in_place(|| {
@@ -281,7 +217,7 @@ async fn soak_repeated_sigkills() {
         rng ^= rng << 17;
         tokio::time::sleep(Duration::from_millis(100 + rng % 900)).await;
         gateway.kill9();
-        gateway = GatewayProcess::spawn(&config, &log, "info");
+        gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
     }
     pacer.await.unwrap();
     sensor.await.unwrap();

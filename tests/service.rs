@@ -3,46 +3,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use sensorgate::config::Config;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (code, body)
-}
-
-fn scrape(port: u16) -> prometheus_parse::Scrape {
-    let (code, body) = http_get(port, "/metrics");
-    assert_eq!(code, 200);
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .expect("valid exposition")
-}
-
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let found = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)));
-    match found.map(|s| &s.value) {
-        Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)) => *v,
-        Some(prometheus_parse::Value::Untyped(v)) => *v,
-        other => panic!("{name} {label:?}: {other:?}"),
-    }
-}
 
 fn with_metrics(path: &Path, port: u16) {
     let body = std::fs::read_to_string(path)
@@ -74,16 +42,16 @@ async fn metrics_count_what_the_test_sent_and_health_endpoints_answer() {
 
     let m = tokio::task::block_in_place(|| scrape(port));
     assert_eq!(
-        sample(
+        metric(
             &m,
             "sensorgate_readings_received_total",
             Some(("source", "local"))
         ),
         110.0
     );
-    assert_eq!(sample(&m, "sensorgate_readings_valid_total", None), 100.0);
+    assert_eq!(metric(&m, "sensorgate_readings_valid_total", None), 100.0);
     assert_eq!(
-        sample(
+        metric(
             &m,
             "sensorgate_dead_letters_total",
             Some(("reason", "not-json"))
@@ -91,7 +59,7 @@ async fn metrics_count_what_the_test_sent_and_health_endpoints_answer() {
         7.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "sensorgate_dead_letters_total",
             Some(("reason", "no-route"))
@@ -99,7 +67,7 @@ async fn metrics_count_what_the_test_sent_and_health_endpoints_answer() {
         3.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "sensorgate_kafka_deliveries_total",
             Some(("topic", "sensors.readings"))
@@ -107,20 +75,20 @@ async fn metrics_count_what_the_test_sent_and_health_endpoints_answer() {
         100.0
     );
     assert_eq!(
-        sample(
+        metric(
             &m,
             "sensorgate_kafka_deliveries_total",
             Some(("topic", "sensors.readings.DLQ"))
         ),
         7.0
     );
-    assert_eq!(sample(&m, "sensorgate_outbox_records", None), 0.0);
-    assert_eq!(sample(&m, "sensorgate_dlq_entries", None), 10.0);
+    assert_eq!(metric(&m, "sensorgate_outbox_records", None), 0.0);
+    assert_eq!(metric(&m, "sensorgate_dlq_entries", None), 10.0);
     assert_eq!(
-        sample(&m, "sensorgate_source_up", Some(("source", "local"))),
+        metric(&m, "sensorgate_source_up", Some(("source", "local"))),
         1.0
     );
-    assert_eq!(sample(&m, "sensorgate_kafka_up", None), 1.0);
+    assert_eq!(metric(&m, "sensorgate_kafka_up", None), 1.0);
     let count = m
         .samples
         .iter()
@@ -149,38 +117,6 @@ async fn metrics_count_what_the_test_sent_and_health_endpoints_answer() {
     assert_eq!(code, 404);
     kafka.broker_up(-1).unwrap();
     gateway.shutdown().await.unwrap();
-}
-
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn spawn(config: &Path, envs: &[(&str, &str)], log: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child }
-    }
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Reads notifications until `want` matches one, returning everything read.
@@ -217,14 +153,14 @@ fn sd_notify_reports_ready_status_and_watchdog_and_the_watchdog_stops_when_wedge
         .unwrap();
     let stall = dir.path().join("stall");
     let log = dir.path().join("log");
-    let _daemon = Daemon::spawn(
+    let _daemon = GatewayProcess::spawn(
         &path,
+        &log,
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
             ("WATCHDOG_USEC", "1000000"),
             ("SENSORGATE_TEST_STALL_FILE", stall.to_str().unwrap()),
         ],
-        &log,
     );
     recv_until(&socket, LONG, |l| l == "READY=1");
     recv_until(&socket, LONG, |l| l.starts_with("STATUS=outbox 0 records"));
@@ -264,12 +200,12 @@ async fn sighup_reloads_a_fixed_schema_and_keeps_the_old_one_when_the_new_is_bro
     let port = free_port();
     with_metrics(&path, port);
     let log = dir.path().join("log");
-    let daemon = Daemon::spawn(&path, &[], &log);
+    let daemon = GatewayProcess::spawn(&path, &log, &[]);
     let metric = |name: &str, label: Option<(&str, &str)>| {
-        tokio::task::block_in_place(|| sample(&scrape(port), name, label))
+        tokio::task::block_in_place(|| metric(&scrape(port), name, label))
     };
     wait_for(LONG, "the source to connect", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && metric("sensorgate_source_up", Some(("source", "local"))) == 1.0
     })
     .await;

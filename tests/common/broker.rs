@@ -1,0 +1,148 @@
+//! mosquitto as a child process on a free port, and an MQTT sensor that publishes at QoS 1.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// A mosquitto broker on a free port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free port; retries with another port if the one picked was taken
+    /// between choosing it and mosquitto binding it (another test's broker, say).
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(broker) = Self::try_start() {
+                return broker;
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
+    fn try_start() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 1000000\nmax_inflight_messages 100\nuser root\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mosquitto must be installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Our own child must be the one listening: if it exited, the port was taken.
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self {
+                    port,
+                    child,
+                    _dir: dir,
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+
+/// Publishes `messages` (topic, payload) at QoS 1 in order and returns once the broker
+/// acknowledged every one of them.
+pub async fn publish_all(mqtt_port: u16, client: &str, messages: Vec<(String, Vec<u8>)>) {
+    let total = messages.len();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for message in messages {
+        tx.send(message).unwrap();
+    }
+    drop(tx);
+    publish_stream(mqtt_port, client, rx, total).await;
+}
+
+/// Publishes what arrives on `rx` at QoS 1 and returns once the broker acknowledged `total`.
+pub async fn publish_stream(
+    mqtt_port: u16,
+    client: &str,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    total: usize,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(client, "127.0.0.1", mqtt_port);
+    options
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let publisher = tokio::spawn(async move {
+        while let Some((topic, payload)) = rx.recv().await {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while acked < total {
+        assert!(
+            Instant::now() < deadline,
+            "broker acknowledged only {acked} of {total}"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("sensor connection failed: {e}"),
+            Err(_) => {}
+        }
+    }
+    let client = publisher.await.unwrap();
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+}
+

@@ -1,0 +1,131 @@
+//! Gateway configurations for tests: the reading schema, the common sections, MQTT and serial
+//! sources; and readings that pass it.
+
+use std::path::{Path, PathBuf};
+
+/// The schema used by the tests: device_id, seq and a temperature in range.
+pub const READING_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["device_id", "seq", "temperature_c"],
+  "properties": {
+    "device_id": {"type": "string", "minLength": 1},
+    "seq": {"type": "integer", "minimum": 0},
+    "temperature_c": {"type": "number", "minimum": -60, "maximum": 125}
+  }
+}"#;
+
+/// Writes a gateway config (and its schema) into `dir` and returns the config path.
+/// `extra_queue` lands in `[queue]`.
+pub fn write_config(dir: &Path, mqtt_url: &str, brokers: &str, extra_queue: &str) -> PathBuf {
+    let client_id = unique_client_id();
+    let sources = format!(
+        r#"
+[[mqtt]]
+name = "local"
+url = "{mqtt_url}"
+client_id = "{client_id}"
+topics = ["sensors/#"]
+max_payload = "1KiB"
+
+[[route]]
+source = "local"
+topic_filter = "sensors/+/reading"
+schema = "reading.v1.json"
+kafka_topic = "sensors.readings"
+key = "/device_id"
+"#
+    );
+    write_gateway_config(dir, brokers, extra_queue, &sources)
+}
+
+/// An MQTT client id no other gateway of this test binary uses.
+fn unique_client_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("sensorgate-test-{}-{n}", std::process::id())
+}
+
+/// Writes the schema and a configuration whose common sections (gateway, queue, Kafka, retry,
+/// no metrics listener) are followed by `sources` (sources and routes); returns its path.
+/// `extra_queue` lands in `[queue]`.
+fn write_gateway_config(dir: &Path, brokers: &str, extra_queue: &str, sources: &str) -> PathBuf {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA).unwrap();
+    let path = dir.join("sensorgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "test-gw"
+state_dir = "state"
+schemas_dir = "schemas"
+
+[queue]
+max_bytes = "64MiB"
+{extra_queue}
+
+[kafka]
+brokers = "{brokers}"
+message_timeout = "120s"
+
+[metrics]
+listen = ""
+
+[retry]
+initial = "100ms"
+max = "2s"
+{sources}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A valid reading.
+pub fn reading(device: &str, seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"device_id":"{device}","seq":{seq},"temperature_c":{}}}"#,
+        20.0 + (seq % 10) as f64
+    )
+    .into_bytes()
+}
+
+
+/// Writes a gateway config for serial tests into `dir` and returns its path: the reading
+/// schema, an optional MQTT source `local` with its route to `sensors.readings`, and `sources`
+/// (TOML text with `[[serial]]` and `[[route]]` tables) appended as they are. `extra_queue`
+/// lands in `[queue]`.
+pub fn write_serial_config(
+    dir: &Path,
+    brokers: &str,
+    mqtt_url: Option<&str>,
+    extra_queue: &str,
+    sources: &str,
+) -> PathBuf {
+    let mqtt = match mqtt_url {
+        Some(url) => format!(
+            r#"
+[[mqtt]]
+name = "local"
+url = "{url}"
+client_id = "{}"
+topics = ["sensors/#"]
+
+[[route]]
+source = "local"
+topic_filter = "sensors/+/reading"
+schema = "reading.v1.json"
+kafka_topic = "sensors.readings"
+key = "/device_id"
+"#,
+            unique_client_id()
+        ),
+        None => String::new(),
+    };
+    write_gateway_config(dir, brokers, extra_queue, &format!("{mqtt}\n{sources}"))
+}
+
