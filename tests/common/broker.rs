@@ -31,15 +31,21 @@ impl Mosquitto {
     /// Starts mosquitto on a free port; retries with another port if the one picked was taken
     /// between choosing it and mosquitto binding it (another test's broker, say).
     pub fn start() -> Self {
+        Self::start_with_inflight(100)
+    }
+
+    /// Like [`Mosquitto::start`] with `max_inflight_messages` set to `inflight` (0: no limit):
+    /// how many unacknowledged QoS 1 messages the broker sends one subscriber at a time.
+    pub fn start_with_inflight(inflight: u32) -> Self {
         for _ in 0..5 {
-            if let Some(broker) = Self::try_start() {
+            if let Some(broker) = Self::try_start(inflight) {
                 return broker;
             }
         }
         panic!("mosquitto did not start on any of 5 ports");
     }
 
-    fn try_start() -> Option<Self> {
+    fn try_start(inflight: u32) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -47,7 +53,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 1000000\nmax_inflight_messages 100\nuser root\n\
+                 max_queued_messages 1000000\nmax_inflight_messages {inflight}\nuser root\n\
                  log_dest stderr\nlog_type error\nlog_type warning\n"
             ),
         )
@@ -109,14 +115,40 @@ pub async fn publish_all(mqtt_port: u16, client: &str, messages: Vec<(String, Ve
 pub async fn publish_stream(
     mqtt_port: u16,
     client: &str,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    total: usize,
+) {
+    publish_window(mqtt_port, client, rx, total, 100).await;
+}
+
+/// Like [`publish_all`], with up to `window` publishes awaiting their PUBACK (for load).
+pub async fn publish_all_fast(
+    mqtt_port: u16,
+    client: &str,
+    messages: Vec<(String, Vec<u8>)>,
+    window: u16,
+) {
+    let total = messages.len();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for message in messages {
+        tx.send(message).unwrap();
+    }
+    drop(tx);
+    publish_window(mqtt_port, client, rx, total, window).await;
+}
+
+async fn publish_window(
+    mqtt_port: u16,
+    client: &str,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
     total: usize,
+    window: u16,
 ) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let mut options = MqttOptions::new(client, "127.0.0.1", mqtt_port);
     options
         .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(100);
+        .set_inflight(window);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
     let publisher = tokio::spawn(async move {
         while let Some((topic, payload)) = rx.recv().await {
@@ -128,7 +160,7 @@ pub async fn publish_stream(
         client
     });
     let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(600);
     while acked < total {
         assert!(
             Instant::now() < deadline,

@@ -121,6 +121,10 @@ pub struct ProcUsage {
     pub write_bytes: u64,
     /// Threads.
     pub threads: u64,
+    /// Of the resident set: anonymous memory (heap, stacks), KiB.
+    pub rss_anon_kib: u64,
+    /// Of the resident set: file pages (the binary and libraries), KiB.
+    pub rss_file_kib: u64,
 }
 
 impl ProcUsage {
@@ -155,6 +159,8 @@ impl ProcUsage {
             hwm_kib: kib("VmHWM:"),
             write_bytes,
             threads: kib("Threads:"),
+            rss_anon_kib: kib("RssAnon:"),
+            rss_file_kib: kib("RssFile:"),
         }
     }
 }
@@ -205,4 +211,20 @@ pub fn metric(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str
         .collect();
     assert!(!values.is_empty(), "no sample of {name} {label:?}");
     values.iter().sum()
+}
+
+/// The sum of every sample of counter `name`, 0 before the first one appears (per-label
+/// counters have no sample until their first event).
+pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            _ => 0.0,
+        })
+        .sum()
 }
