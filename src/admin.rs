@@ -29,7 +29,7 @@ use crate::dlq::DlqError;
 use crate::outbox::committer::{self, AckSinks, Committer, Handoff, Replay, Submitter};
 use crate::outbox::{Outbox, OutboxError, QueueStats};
 use crate::pipeline::{Classifier, Rules, RulesError};
-use crate::record::{Meta, Reading, Reason, Record, Violation};
+use crate::record::{Meta, Reason, Record, Violation};
 use crate::telemetry::Stats;
 
 /// Longest request or response line accepted (a full export can be large).
@@ -447,52 +447,21 @@ impl Backend {
 
     /// The record a dead letter becomes when replayed, or why it still fails.
     fn fresh(&self, record: &Record) -> Result<Result<Record, StillFailing>, AdminError> {
-        let Some(info) = record.meta.dead_letter.as_deref() else {
-            return Ok(Err(StillFailing {
-                id: 0,
-                reason: Reason::NoRoute,
-                errors: vec![Violation::whole("not a dead letter")],
-            }));
+        let id = record.meta.dead_letter.as_ref().map_or(0, |d| d.id);
+        let needs_rules = record
+            .meta
+            .dead_letter
+            .as_ref()
+            .is_some_and(|d| !matches!(d.reason, Reason::PublishRejected | Reason::TooLarge));
+        let classifier = match (&self.classifier, needs_rules) {
+            (Err(e), true) => return Err(AdminError::Protocol(format!("cannot replay: {e}"))),
+            (c, _) => c.as_ref().ok(),
         };
-        let failing = |reason, errors| {
-            Ok(Err(StillFailing {
-                id: info.id,
-                reason,
-                errors,
-            }))
-        };
-        match info.reason {
-            // Kafka refused it, not our rules: send it again as it is, to the same topic.
-            Reason::PublishRejected => {
-                let mut again = record.clone();
-                again.meta.dead_letter = None;
-                Ok(Ok(again))
-            }
-            // Only a prefix was kept: the reading itself is gone.
-            Reason::TooLarge => failing(
-                Reason::TooLarge,
-                vec![Violation::whole(
-                    "the payload was truncated when stored; it cannot be replayed",
-                )],
-            ),
-            _ => {
-                let classifier = self
-                    .classifier
-                    .as_ref()
-                    .map_err(|e| AdminError::Protocol(format!("cannot replay: {e}")))?;
-                let reading = Reading {
-                    source: record.meta.source.clone(),
-                    origin: record.meta.origin.clone(),
-                    payload: record.payload.clone(),
-                    received_at_ms: record.meta.received_at_ms,
-                };
-                let again = classifier.reclassify(reading, usize::MAX);
-                match again.meta.dead_letter {
-                    None => Ok(Ok(again)),
-                    Some(now) => failing(now.reason, now.errors),
-                }
-            }
-        }
+        let again = crate::dlq::replayed(record, |reading| match classifier {
+            Some(c) => c.reclassify(reading, usize::MAX),
+            None => record.clone(),
+        });
+        Ok(again.map_err(|(reason, errors)| StillFailing { id, reason, errors }))
     }
 
     async fn replay(&self, select: &Selection) -> Result<ReplayReport, AdminError> {

@@ -30,7 +30,7 @@ use crate::telemetry::{notify, Stats};
 pub const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 /// Most bytes of committed frames waiting in memory for the publisher (beyond that it reads
 /// them from disk).
-const HANDOFF_BYTES: usize = 4 << 20;
+const HANDOFF_BYTES: usize = 1 << 20;
 /// How long sources and the committer may take to wind down.
 const INGEST_GRACE: Duration = Duration::from_secs(10);
 

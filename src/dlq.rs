@@ -384,6 +384,47 @@ impl Dlq {
     }
 }
 
+/// What a dead letter becomes when replayed: the record to queue again, or why it still fails.
+/// `publish-rejected` entries go again as they were (Kafka refused them, not our rules);
+/// `too-large` ones cannot (only a prefix was kept); the others are routed and validated again
+/// by `reclassify` (the current rules).
+pub fn replayed(
+    record: &Record,
+    reclassify: impl FnOnce(crate::record::Reading) -> Record,
+) -> Result<Record, (Reason, Vec<Violation>)> {
+    let Some(info) = record.meta.dead_letter.as_deref() else {
+        return Err((
+            Reason::NoRoute,
+            vec![Violation::whole("not a dead letter")],
+        ));
+    };
+    match info.reason {
+        Reason::PublishRejected => {
+            let mut again = record.clone();
+            again.meta.dead_letter = None;
+            Ok(again)
+        }
+        Reason::TooLarge => Err((
+            Reason::TooLarge,
+            vec![Violation::whole(
+                "the payload was truncated when stored; it cannot be replayed",
+            )],
+        )),
+        _ => {
+            let again = reclassify(crate::record::Reading {
+                source: record.meta.source.clone(),
+                origin: record.meta.origin.clone(),
+                payload: record.payload.clone(),
+                received_at_ms: record.meta.received_at_ms,
+            });
+            match again.meta.dead_letter {
+                None => Ok(again),
+                Some(now) => Err((now.reason, now.errors)),
+            }
+        }
+    }
+}
+
 /// sled's flush, then (with `fsync`) an `fsync` of its data file.
 pub fn sync_db(db: &sled::Db, path: &Path, fsync: bool) -> Result<()> {
     db.flush().map_err(|source| DlqError::Sled {

@@ -273,6 +273,11 @@ impl Batch {
             }
     }
 
+    /// The finished frames (all of them once committed).
+    pub fn frames(&self) -> &[u8] {
+        &self.frames
+    }
+
     /// Local sequence numbers of the dead letters in the batch, in order.
     pub fn dead_letters(&self) -> &[u64] {
         &self.dead
@@ -438,7 +443,8 @@ impl Outbox {
 
     /// Makes a batch durable (see the module doc for what that takes). `dead` holds the batch's
     /// dead letters as records, in the order [`Batch::dead_letters`] lists their ids; they are
-    /// stored in the local DLQ in the same commit. On success the batch is emptied.
+    /// stored in the local DLQ in the same commit. On success the batch's frames stay readable
+    /// ([`Batch::frames`]) until [`Outbox::begin`]; the returned [`Committed`] has no frames.
     pub fn commit(
         &self,
         batch: &mut Batch,
@@ -471,7 +477,6 @@ impl Outbox {
             tail.poisoned = true;
             return Err(CommitError::Failed(e));
         }
-        let frames = Bytes::from(std::mem::take(&mut batch.frames));
         let mut ledger = self.ledger();
         ledger.next_seq = end_seq;
         ledger.bytes += need;
@@ -480,16 +485,14 @@ impl Outbox {
             last.bytes = tail.writer.len();
         }
         if ledger.oldest_ms.is_none() {
-            ledger.oldest_ms = first_received_in(&frames);
+            ledger.oldest_ms = first_received_in(&batch.frames);
         }
         drop(ledger);
         drop(tail);
-        let first_seq = batch.first_seq;
-        self.begin(batch);
         Ok(Committed {
-            first_seq,
+            first_seq: batch.first_seq,
             end_seq,
-            frames,
+            frames: Bytes::new(),
         })
     }
 

@@ -107,12 +107,17 @@ impl Handoff {
         }
     }
 
-    /// Offers committed frames; dropped (the publisher reads them from disk) when full.
-    pub fn push(&self, committed: Committed) {
+    /// Offers the frames of a commit (copied only if there is room; otherwise the publisher
+    /// reads them from disk).
+    pub fn offer(&self, first_seq: u64, end_seq: u64, frames: &[u8]) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.1 + committed.frames.len() <= self.max_bytes || q.0.is_empty() {
-            q.1 += committed.frames.len();
-            q.0.push_back(committed);
+        if q.1 + frames.len() <= self.max_bytes {
+            q.1 += frames.len();
+            q.0.push_back(Committed {
+                first_seq,
+                end_seq,
+                frames: bytes::Bytes::copy_from_slice(frames),
+            });
         }
         drop(q);
         self.ready.notify_one();
@@ -224,7 +229,8 @@ impl Committer {
                     if blocked {
                         tracing::info!("Outbox has room again: acknowledging readings");
                     }
-                    break self.committed(committed, work);
+                    self.committed(committed, batch, work);
+                    break self.outbox.begin(batch);
                 }
                 Err(CommitError::Full) => {
                     if !blocked {
@@ -259,11 +265,12 @@ impl Committer {
         }
     }
 
-    fn committed(&mut self, committed: Committed, work: &mut Work) {
+    fn committed(&mut self, committed: Committed, batch: &Batch, work: &mut Work) {
         let stored = committed.end_seq - committed.first_seq;
         self.outbox.stats.committed(stored);
-        if !committed.frames.is_empty() {
-            self.handoff.push(committed);
+        if !batch.frames().is_empty() {
+            self.handoff
+                .offer(committed.first_seq, committed.end_seq, batch.frames());
         }
         for (sink, tokens) in work.acks.iter_mut().enumerate() {
             if tokens.is_empty() {

@@ -103,7 +103,7 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
     o.single(
         "sensorgate_outbox_bytes",
         "gauge",
-        "Bytes of the records waiting in the outbox.",
+        "Bytes of the outbox's segment files.",
         g.queue.bytes,
     );
     let age = g
@@ -143,6 +143,12 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "counter",
         "Records made durable by group commits.",
         s.committed,
+    );
+    o.single(
+        "sensorgate_outbox_corrupt_records_total",
+        "counter",
+        "Records lost to damage found in the outbox's segment files (each damage is logged).",
+        s.outbox_corrupt_records,
     );
     o.single(
         "sensorgate_dlq_entries",

@@ -47,7 +47,18 @@ pub struct Histogram {
 impl Default for Histogram {
     #[allow(unsafe_code)]
     fn default() -> Histogram {
-        #[cfg(not(feature = "miri_optimizations"))]
+        // sensorgate patch: with `no_metrics` (a default feature) nothing is ever measured, so
+        // no bucket is allocated (41 histograms of 512 KiB each were written with zeros).
+        #[cfg(feature = "no_metrics")]
+        {
+            Histogram {
+                vals: Vec::new(),
+                sum: AtomicUsize::new(0),
+                count: AtomicUsize::new(0),
+            }
+        }
+
+        #[cfg(all(not(feature = "miri_optimizations"), not(feature = "no_metrics")))]
         {
             let mut vals = Vec::with_capacity(BUCKETS);
             vals.resize_with(BUCKETS, Default::default);
@@ -59,7 +70,7 @@ impl Default for Histogram {
             }
         }
 
-        #[cfg(feature = "miri_optimizations")]
+        #[cfg(all(feature = "miri_optimizations", not(feature = "no_metrics")))]
         {
             // Avoid calling Vec::resize_with with a large length because its
             // internals cause stacked borrows tracking information to add an
