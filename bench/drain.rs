@@ -24,7 +24,9 @@ const LIMIT: Duration = Duration::from_secs(900);
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
-        println!("drain benchmark: run with `cargo bench --bench drain [-- backlog|outbox] [-- N M]`");
+        println!(
+            "drain benchmark: run with `cargo bench --bench drain [-- backlog|outbox] [-- N M]`"
+        );
         return;
     }
     let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
@@ -34,6 +36,14 @@ fn main() {
         !args.iter().any(|a| a == "backlog" || a == "outbox") || args.iter().any(|a| a == name)
     };
     println!("gateway binary: {}", gateway_binary().display());
+    // As the systemd unit runs it (Environment=MALLOC_ARENA_MAX=2), unless set otherwise.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        std::env::set_var("MALLOC_ARENA_MAX", "2");
+    }
+    println!(
+        "MALLOC_ARENA_MAX={}",
+        std::env::var("MALLOC_ARENA_MAX").unwrap_or_default()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,7 +64,8 @@ fn readings(range: std::ops::Range<u64>) -> (Vec<(String, Vec<u8>)>, u64) {
         .map(|seq| {
             let device = format!("dev-{:02}", seq % 50);
             let payload = if seq % 100 == 99 {
-                format!(r#"{{"device_id":"{device}","seq":{seq},"temperature_c":999}}"#).into_bytes()
+                format!(r#"{{"device_id":"{device}","seq":{seq},"temperature_c":999}}"#)
+                    .into_bytes()
             } else {
                 reading(&device, seq)
             };
@@ -86,9 +97,18 @@ fn setup() -> Setup {
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""))
-        .replace("max_payload = \"1KiB\"", "max_payload = \"1KiB\"\nclient_id = \"bench-gw\"")
+        .replace(
+            "max_payload = \"1KiB\"",
+            "max_payload = \"1KiB\"\nclient_id = \"bench-gw\"",
+        )
         .replace("max_bytes = \"64MiB\"", "max_bytes = \"512MiB\"")
-        .replace("message_timeout = \"120s\"", "message_timeout = \"30s\"");
+        .replace(
+            "message_timeout = \"120s\"",
+            &format!(
+                "message_timeout = \"30s\"\n{}",
+                std::env::var("SENSORGATE_BENCH_KAFKA").unwrap_or_default()
+            ),
+        );
     // One fixed client id, so the session outlives the gateway between runs.
     let text = text
         .lines()
@@ -188,6 +208,10 @@ async fn backlog_drain(n: u64) {
     if let Some(path) = std::env::var_os("SENSORGATE_BENCH_SMAPS") {
         let _ = std::fs::copy(format!("/proc/{}/smaps", gw.pid()), path);
     }
+    // A clean stop (for profilers that write their report at exit).
+    let mut gw = gw;
+    gw.signal("TERM");
+    tokio::task::block_in_place(|| gw.wait());
     drop(gw);
     drop(s.mqtt);
 }

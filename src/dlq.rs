@@ -393,10 +393,7 @@ pub fn replayed(
     reclassify: impl FnOnce(crate::record::Reading) -> Record,
 ) -> Result<Record, (Reason, Vec<Violation>)> {
     let Some(info) = record.meta.dead_letter.as_deref() else {
-        return Err((
-            Reason::NoRoute,
-            vec![Violation::whole("not a dead letter")],
-        ));
+        return Err((Reason::NoRoute, vec![Violation::whole("not a dead letter")]));
     };
     match info.reason {
         Reason::PublishRejected => {

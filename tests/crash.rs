@@ -14,7 +14,6 @@ use sensorgate::outbox::Outbox;
 
 const LONG: Duration = Duration::from_secs(120);
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     let mqtt = Mosquitto::start();
@@ -118,7 +117,8 @@ async fn a_reading_not_yet_committed_at_the_crash_is_redelivered_by_the_broker()
         "commit_interval = \"1h\"",
     );
     let log = dir.path().join("gateway.log");
-    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "sensorgate=trace,info")]);
+    let mut gateway =
+        GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "sensorgate=trace,info")]);
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the gateway to subscribe", || {
             gateway.log_count("Subscribed") >= 1

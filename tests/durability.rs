@@ -162,9 +162,7 @@ async fn a_reading_over_sleds_blob_threshold_is_synced_in_its_segment_before_its
     let mut reader = tokio::task::block_in_place(|| {
         Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
     });
-    tokio::task::block_in_place(|| {
-        reader.read_until(LONG, "the large reading", |r| !r.is_empty())
-    });
+    tokio::task::block_in_place(|| reader.read_until(LONG, "the large reading", |r| !r.is_empty()));
     assert_eq!(reader.records[0].payload, big.as_bytes());
 }
 
@@ -181,7 +179,12 @@ async fn memory_stays_bounded_while_200_000_records_wait() {
         .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("gateway.log");
-    let gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    // As the systemd unit runs it.
+    let gateway = GatewayProcess::spawn(
+        &config,
+        &log,
+        &[("RUST_LOG", "info"), ("MALLOC_ARENA_MAX", "2")],
+    );
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the gateway to subscribe", || {
             gateway.log_count("Subscribed") >= 1
@@ -203,9 +206,11 @@ async fn memory_stays_bounded_while_200_000_records_wait() {
     publish_all_fast(mqtt.port, "sensor-backlog", messages, 1000).await;
     let state = dir.path().join("state");
     tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(300), "200,000 records in the outbox", || {
-            metric(&scrape(port), "sensorgate_outbox_records", None) >= TOTAL as f64
-        })
+        wait_until(
+            Duration::from_secs(300),
+            "200,000 records in the outbox",
+            || metric(&scrape(port), "sensorgate_outbox_records", None) >= TOTAL as f64,
+        )
     });
     let usage = gateway.usage();
     eprintln!(

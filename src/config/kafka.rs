@@ -117,10 +117,10 @@ const fn default_message_timeout() -> Duration {
     Duration::from_secs(30)
 }
 const fn default_max_in_flight_bytes() -> ByteSize {
-    ByteSize(4 << 20)
+    ByteSize(2 << 20)
 }
 const fn default_max_in_flight() -> usize {
-    10_000
+    4_000
 }
 
 /// A librdkafka property value; TOML numbers and booleans are passed as their text.

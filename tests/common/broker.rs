@@ -98,7 +98,6 @@ impl Drop for Mosquitto {
     }
 }
 
-
 /// Publishes `messages` (topic, payload) at QoS 1 in order and returns once the broker
 /// acknowledged every one of them.
 pub async fn publish_all(mqtt_port: u16, client: &str, messages: Vec<(String, Vec<u8>)>) {
@@ -177,4 +176,3 @@ async fn publish_window(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
 }
-

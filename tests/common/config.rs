@@ -94,7 +94,6 @@ pub fn reading(device: &str, seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-
 /// Writes a gateway config for serial tests into `dir` and returns its path: the reading
 /// schema, an optional MQTT source `local` with its route to `sensors.readings`, and `sources`
 /// (TOML text with `[[serial]]` and `[[route]]` tables) appended as they are. `extra_queue`
@@ -128,4 +127,3 @@ key = "/device_id"
     };
     write_gateway_config(dir, brokers, extra_queue, &format!("{mqtt}\n{sources}"))
 }
-

@@ -16,4 +16,3 @@ pub async fn start_gateway(config: sensorgate::config::Config) -> sensorgate::ap
     .await;
     gateway
 }
-

@@ -126,4 +126,3 @@ impl Reader {
         self.records.iter().filter(|r| r.topic == topic).collect()
     }
 }
-

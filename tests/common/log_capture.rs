@@ -10,7 +10,6 @@ pub fn init_logging() {
     }
 }
 
-
 /// What the gateway logged, captured for assertions (installed once per test binary by
 /// [`capture_logs`]; `RUST_LOG` additionally prints the logs as [`init_logging`] does).
 pub mod capture {
@@ -105,4 +104,3 @@ pub mod capture {
             .collect()
     }
 }
-

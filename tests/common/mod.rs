@@ -51,4 +51,3 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
-
