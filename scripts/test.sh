@@ -2,8 +2,8 @@
 # Runs the whole test suite: formatting, lints, every test target, doc tests.
 #
 # Works on a fresh Debian 12 machine that has Rust (rustup) and gcc: it installs what is missing
-# with apt-get (mosquitto and socat for the end-to-end tests; g++ and make, which librdkafka's
-# build needs) and the rustfmt and clippy components with rustup.
+# with apt-get (mosquitto, socat and strace for the end-to-end tests; g++ and make, which
+# librdkafka's build needs) and the rustfmt and clippy components with rustup.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +27,10 @@ if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
 fi
 if ! command -v make >/dev/null 2>&1; then
     packages+=(make)
+fi
+# tests/durability.rs traces the gateway's system calls.
+if ! command -v strace >/dev/null 2>&1; then
+    packages+=(strace)
 fi
 # The unit file is checked with systemd-analyze.
 if ! command -v systemd-analyze >/dev/null 2>&1; then
