@@ -77,6 +77,7 @@ pub mod codec;
 pub mod committer;
 mod migrate;
 pub mod segment;
+mod watermark;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -92,12 +93,13 @@ use crate::record::Record;
 use crate::telemetry::Stats;
 use codec::FrameEncoder;
 use segment::{SegmentError, Writer};
+use watermark::WatermarkFile;
 
 /// A frame is closed once it holds this many bytes.
 pub const FRAME_TARGET: usize = 64 << 10;
 const FORMAT: u32 = 2;
-/// How often the settled watermark is written to `meta` at most.
-const PERSIST_EVERY: Duration = Duration::from_secs(2);
+/// How often the settled watermark is written to its file at most ([`watermark`]).
+const PERSIST_EVERY: Duration = Duration::from_millis(100);
 
 /// Errors of the outbox.
 #[derive(Debug, Error)]
@@ -216,6 +218,7 @@ pub struct Outbox {
     ledger: Mutex<Ledger>,
     room: Condvar,
     tail: Mutex<Tail>,
+    watermark: Mutex<WatermarkFile>,
     stats: Arc<Stats>,
 }
 
@@ -367,6 +370,12 @@ impl Outbox {
             .map_err(sled_err)?
             .map_or(0, |v| be_u64(&v));
 
+        let (watermark, in_file) =
+            WatermarkFile::open(&dir).map_err(|source| OutboxError::StateDir {
+                path: dir.join(watermark::NAME),
+                source,
+            })?;
+        let settled = settled.max(in_file.unwrap_or(0));
         let (segments, tail, bytes) = open_segments(&dir, floor, &stats)?;
         let next_seq = tail.writer.end_seq();
         let settled = settled.clamp(segments.front().map_or(next_seq, |s| s.first_seq), next_seq);
@@ -396,6 +405,7 @@ impl Outbox {
             }),
             room: Condvar::new(),
             tail: Mutex::new(tail),
+            watermark: Mutex::new(watermark),
             stats,
         };
         let oldest = outbox.first_received_at(settled);
@@ -651,9 +661,12 @@ impl Outbox {
             self.room.notify_all();
         }
         if let Some(settled) = persist {
-            self.meta
-                .insert("settled", &settled.to_be_bytes())
-                .map_err(|e| self.sled_err(e))?;
+            let mut file = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
+            file.write(settled)
+                .map_err(|source| OutboxError::StateDir {
+                    path: file.path().to_owned(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -766,12 +779,21 @@ impl Outbox {
         Ok(counts)
     }
 
-    /// Writes the watermark and makes sled durable (at shutdown).
+    /// Writes the watermark and makes it and sled durable (at shutdown).
     pub fn flush(&self) -> Result<()> {
         let settled = self.ledger().settled;
         self.meta
             .insert("settled", &settled.to_be_bytes())
             .map_err(|e| self.sled_err(e))?;
+        {
+            let mut file = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
+            file.write(settled)
+                .and_then(|()| if self.fsync { file.sync() } else { Ok(()) })
+                .map_err(|source| OutboxError::StateDir {
+                    path: file.path().to_owned(),
+                    source,
+                })?;
+        }
         crate::dlq::sync_db(&self.db, &self.db_path, self.fsync)?;
         Ok(())
     }
