@@ -77,8 +77,8 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     }
 
     sensor.await.unwrap();
-    tokio::task::block_in_place(|| {
-        reader.read_until(LONG, "every acknowledged reading in Kafka", |records| {
+    let complete = tokio::task::block_in_place(|| {
+        reader.try_read_until(LONG, |records| {
             let mut seen = std::collections::HashSet::new();
             records.iter().for_each(|r| {
                 seen.insert(r.json()["seq"].as_u64().unwrap());
@@ -86,6 +86,25 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
             seen.len() as u64 == TOTAL
         })
     });
+    if !complete {
+        let seen: std::collections::BTreeSet<u64> = reader
+            .records
+            .iter()
+            .map(|r| r.json()["seq"].as_u64().unwrap())
+            .collect();
+        let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+        let stats = std::process::Command::new(gateway_binary())
+            .args(["queue", "stats", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        panic!(
+            "{} readings acknowledged by the broker are not in Kafka, e.g. {:?}; the gateway says:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(40)],
+            String::from_utf8_lossy(&stats.stdout)
+        );
+    }
     let mut counts: HashMap<u64, usize> = HashMap::new();
     for r in &reader.records {
         *counts.entry(r.json()["seq"].as_u64().unwrap()).or_default() += 1;

@@ -102,21 +102,38 @@ impl Reader {
                 self.records.len()
             );
             for _ in 0..1000 {
-                match self.consumer.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => self.records.push(received(&m)),
-                    Some(Err(_)) => {}
-                    None => break,
+                if !self.poll_one() {
+                    break;
                 }
             }
         }
     }
 
-    /// Polls for up to `limit` and says whether `done(records)` holds by then.
+    /// Polls once; says whether a record came.
+    fn poll_one(&mut self) -> bool {
+        match self.consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                self.records.push(received(&m));
+                true
+            }
+            Some(Err(e)) => {
+                eprintln!("Kafka test consumer error: {e}");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Polls for up to `limit` and says whether `done(records)` holds by then. Like
+    /// [`Reader::read_until`], the condition is checked when caught up or every 1,000 records
+    /// (checking it per record makes reading quadratic).
     pub fn try_read_until(&mut self, limit: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
         let deadline = Instant::now() + limit;
         while !done(&self.records) && Instant::now() < deadline {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) {
-                self.records.push(received(&m));
+            for _ in 0..1000 {
+                if !self.poll_one() {
+                    break;
+                }
             }
         }
         done(&self.records)
