@@ -1,7 +1,9 @@
 //! Publishing: drains the outbox to Kafka in order and settles a record only after Kafka
 //! confirmed it (or refused it for good: then it goes to the local DLQ).
 //!
-//! - `publisher.rs`: the loop, on its own thread: window, delivery reports, retries;
+//! - `publisher.rs` (+ `publisher/{scan,settle}.rs`): the loop, on its own thread: reading the
+//!   log, the window, delivery reports, held partitions and rescans;
+//! - `partition.rs`: partition choice and the state of each partition;
 //! - `kafka.rs`: the producer's configuration, error classification, librdkafka callbacks;
 //! - `window.rs`: the in-flight slab and the settled watermark;
 //! - `backoff.rs`: retry delays and the circuit breaker that keep an outage from becoming a hot
@@ -9,6 +11,7 @@
 
 pub mod backoff;
 pub mod kafka;
+pub mod partition;
 pub mod publisher;
 pub mod window;
 

@@ -254,3 +254,49 @@ async fn readings_wait_in_the_outbox_while_kafka_is_down() {
         "none delivered twice within one run"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_window_shared_by_partitions_delivers_everything_in_order() {
+    init_logging();
+    let mqtt = Mosquitto::start_with_inflight(0);
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    // 40 records in flight, 10 per partition: partitions are held and released all the time.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "message_timeout = \"120s\"",
+        "message_timeout = \"120s\"\nmax_in_flight = 40",
+    );
+    std::fs::write(&path, text).unwrap();
+    let gateway = start_gateway(Config::load(&path).unwrap()).await;
+    const TOTAL: u64 = 20_000;
+    let messages = (0..TOTAL)
+        .map(|seq| {
+            let device = format!("dev-{}", seq % 16);
+            (format!("sensors/{device}/reading"), reading(&device, seq))
+        })
+        .collect();
+    publish_all_fast(mqtt.port, "sensor-window", messages, 1000).await;
+    let mut reader = blocking(|| Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"]));
+    let done = blocking(|| reader.try_read_until(LONG, |r| r.len() as u64 >= TOTAL));
+    let seen: HashSet<u64> = reader
+        .records
+        .iter()
+        .map(|r| r.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        done,
+        "{} of {TOTAL} delivered; outbox {:?}",
+        seen.len(),
+        gateway.outbox().stats()
+    );
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &reader.records {
+        let seq = r.json()["seq"].as_u64().unwrap();
+        let device = r.key.clone().unwrap();
+        if let Some(before) = last.insert(device.clone(), seq) {
+            assert!(before < seq, "{device}: {seq} after {before}");
+        }
+    }
+    gateway.shutdown().await.unwrap();
+}

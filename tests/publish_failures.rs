@@ -142,25 +142,36 @@ async fn a_broker_refusal_on_delivery_is_dead_lettered_and_every_reading_stays_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_out_deliveries_are_retried_from_the_outbox_until_kafka_is_back() {
+async fn partitions_that_stop_confirming_are_held_probed_and_drained_in_order_when_kafka_is_back() {
     init_logging();
     let mqtt = Mosquitto::start();
     let kafka = kafka(&["sensors.readings"]);
     let dir = tempfile::tempdir().unwrap();
-    // Deliveries fail after 1 s, so an outage of a few seconds exercises backoff and re-sending.
+    // A partition not confirming for 1 s is held; with a window of 40 records, the held
+    // partitions fill it, so their unsent records are taken back from librdkafka and each
+    // partition is probed with backoff: an outage of a few seconds goes through holding,
+    // purging, probing and draining.
     let config = config_with(
         dir.path(),
         &mqtt,
         &kafka.bootstrap_servers(),
-        "message_timeout = \"1s\"",
+        "message_timeout = \"1s\"\nmax_in_flight = 40",
     );
     let gateway = start_gateway(config).await;
-
-    kafka.broker_down(-1).unwrap();
-    wait_for(LONG, "librdkafka to see every broker down", || {
-        gateway.stats().snapshot().kafka_down
+    // A first reading while Kafka is up, so the gateway knows the topic's partitions and the
+    // outage strikes records already handed to librdkafka.
+    publish_all(
+        mqtt.port,
+        "sensor-warmup",
+        vec![("sensors/dev-0/reading".into(), reading("dev-0", 10_000))],
+    )
+    .await;
+    wait_for(LONG, "the first reading delivered", || {
+        gateway.outbox().stats().depth == 0 && gateway.stats().snapshot().delivered >= 1
     })
     .await;
+
+    kafka.broker_down(-1).unwrap();
     let messages = (0..500u64)
         .map(|seq| {
             let device = format!("dev-{}", seq % 5);
@@ -168,9 +179,9 @@ async fn timed_out_deliveries_are_retried_from_the_outbox_until_kafka_is_back() 
         })
         .collect();
     publish_all(mqtt.port, "sensor-timeouts", messages).await;
-    wait_for(LONG, "failed deliveries and a retry", || {
+    wait_for(LONG, "held partitions and probes", || {
         let s = gateway.stats().snapshot();
-        s.delivery_failures > 0 && s.retries >= 2
+        s.circuit_open && s.retries >= 2
     })
     .await;
     assert_eq!(
@@ -180,26 +191,42 @@ async fn timed_out_deliveries_are_retried_from_the_outbox_until_kafka_is_back() 
     );
 
     kafka.broker_up(-1).unwrap();
-    let mut reader = tokio::task::block_in_place(|| {
-        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
-    });
-    tokio::task::block_in_place(|| {
-        reader.read_until(LONG, "all 500 readings", |r| {
-            r.iter()
-                .map(|r| r.json()["seq"].as_u64())
-                .collect::<HashSet<_>>()
-                .len()
-                >= 500
-        })
-    });
     wait_for(LONG, "the outbox to drain", || {
         gateway.outbox().stats().depth == 0
     })
     .await;
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    tokio::task::block_in_place(|| {
+        reader.read_until(LONG, "all 501 readings", |r| {
+            r.iter()
+                .map(|r| r.json()["seq"].as_u64())
+                .collect::<HashSet<_>>()
+                .len()
+                >= 501
+        })
+    });
+    // Per device, the first copy of each reading comes in the order it was published.
+    let mut seen = HashSet::new();
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    for r in &reader.records {
+        let seq = r.json()["seq"].as_u64().unwrap();
+        if seq == 10_000 || !seen.insert(seq) {
+            continue;
+        }
+        let device = r.key.clone().unwrap_or_default();
+        if let Some(before) = last.insert(device.clone(), seq) {
+            assert!(
+                before < seq,
+                "{device}: reading {seq} reached Kafka after {before}"
+            );
+        }
+    }
     let stats = gateway.stats().snapshot();
-    assert!(!stats.circuit_open);
+    assert!(!stats.circuit_open, "every partition confirms again");
     eprintln!(
-        "timeouts test: {} delivery failures, {} retry rounds, {} records read for 500 readings",
+        "outage test: {} delivery failures, {} probes, {} records read for 500 readings",
         stats.delivery_failures,
         stats.retries,
         reader.records.len()

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 
@@ -63,10 +62,10 @@ pub fn client_config(kafka: &KafkaConfig, gateway: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("compression.type", kafka.compression.as_str())
         .set("linger.ms", kafka.linger.as_millis().to_string())
-        .set(
-            "message.timeout.ms",
-            kafka.message_timeout.as_millis().to_string(),
-        )
+        // librdkafka never drops a record by itself: a queued record timing out while later
+        // ones of its partition are sent would reorder that partition. The publisher holds a
+        // stalled partition after `kafka.message_timeout` instead (see publisher.rs).
+        .set("message.timeout.ms", "0")
         // librdkafka's own bound stays above the publisher's window.
         .set(
             "queue.buffering.max.messages",
@@ -162,10 +161,7 @@ impl ProducerContext for Context {
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
         let error = match result {
             Ok(_) => None,
-            Err((e, message)) => {
-                let _ = message.partition();
-                Some(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown))
-            }
+            Err((e, _)) => Some(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown)),
         };
         self.reports
             .lock()
