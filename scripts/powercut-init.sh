@@ -34,7 +34,8 @@ else
     say "MOUNT FAILED"
 fi
 dmesg | grep -i 'ext4\|jbd2' | sed 's/^/powercut: kernel: /'
-ls -la /var/lib/sensorgate | sed 's/^/powercut: state: /'
+# The state directory and one level below, as the power cut left it.
+ls -la /var/lib/sensorgate /var/lib/sensorgate/*/ | sed 's/^/powercut: state: /'
 
 ip link set lo up
 ip addr add 10.0.2.15/24 dev eth0

@@ -3,7 +3,7 @@
 # killed without warning CUTS times while a sensor streams QoS 1 readings through mosquitto,
 # then a final boot drains everything, and every reading mosquitto acknowledged must be in Kafka.
 #
-#   scripts/powercut.sh [--no-fsync] [--debug] [--seed N] [--rate R] [--strace] [CUTS]
+#   scripts/powercut.sh [--no-fsync] [--debug] [--seed N] [--rate R] [--strace] [--broker-debug] [CUTS]
 #
 #   CUTS         power cuts (default 100)
 #   --no-fsync   the control run: the gateway with queue.fsync = false, which should lose readings
@@ -11,8 +11,9 @@
 #   --debug      test the debug build (target/debug/sensorgate, as `cargo test` leaves it) instead
 #                of building and testing the release binary
 #   --seed N     the random schedule of a previous run
-#   --rate R     sensor readings per second (default 100)
+#   --rate R     sensor readings per second (default 200)
 #   --strace     run the gateway under strace in the guest (trace per boot in the work directory)
+#   --broker-debug  mosquitto logs every packet it sends and receives
 #
 # Works on a plain Debian 12 machine with Rust: installs what it needs with apt-get (qemu, busybox,
 # e2fsprogs, mosquitto, socat; sudo when not root) and downloads Debian 12's kernel package
@@ -40,6 +41,7 @@ while (($# > 0)); do
         harness_args+=("$1" "$2")
         shift
         ;;
+    --broker-debug) harness_args+=(--broker-debug) ;;
     --strace)
         harness_args+=(--strace)
         strace=1

@@ -4,6 +4,8 @@
 //! A broker that drops records before they are read (retention; librdkafka's mock keeps 100,000
 //! records or 5 MB per partition) would make them look lost: [`Reader::skipped`] counts the
 //! offsets the reader jumped over, so a test can tell "not delivered" from "dropped by the broker".
+//! A consumer that fetches an offset again (after an offset reset, say) would make records look
+//! duplicated: [`Reader::poll`] returns each offset once and [`Reader::rereads`] counts the rest.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -61,6 +63,7 @@ pub struct Reader {
     consumer: BaseConsumer,
     next: HashMap<(String, i32), i64>,
     skipped: u64,
+    rereads: u64,
 }
 
 impl std::fmt::Debug for Reader {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Reader {
         f.debug_struct("Reader")
             .field("partitions", &self.next.len())
             .field("skipped", &self.skipped)
+            .field("rereads", &self.rereads)
             .finish_non_exhaustive()
     }
 }
@@ -110,11 +114,13 @@ impl Reader {
             consumer,
             next,
             skipped: 0,
+            rereads: 0,
         })
     }
 
-    /// The next record, waiting up to `timeout`. Errors while the brokers are unreachable are
-    /// retried by librdkafka and show here as `None`.
+    /// The next record, waiting up to `timeout`; each offset once. Errors while the brokers are
+    /// unreachable are retried by librdkafka and show here as `None`, as does an offset that was
+    /// already returned.
     pub fn poll(&mut self, timeout: Duration) -> Option<Record> {
         let message = match self.consumer.poll(timeout) {
             Some(Ok(m)) => m,
@@ -139,10 +145,12 @@ impl Reader {
             .next
             .entry((record.topic.clone(), record.partition))
             .or_insert(0);
-        if record.offset > *next {
-            self.skipped += (record.offset - *next) as u64;
+        if record.offset < *next {
+            self.rereads += 1;
+            return None;
         }
-        *next = (*next).max(record.offset + 1);
+        self.skipped += (record.offset - *next) as u64;
+        *next = record.offset + 1;
         Some(record)
     }
 
@@ -150,5 +158,10 @@ impl Reader {
     /// there (on the mock cluster: retention). Zero when every record was read.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// How many records came again at an offset already returned (and were not returned).
+    pub fn rereads(&self) -> u64 {
+        self.rereads
     }
 }

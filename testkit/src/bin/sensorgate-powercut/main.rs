@@ -27,6 +27,7 @@ mod sensor;
 mod tally;
 mod vm;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,6 +48,9 @@ const CLIENT_ID: &str = "sensorgate-powercut";
 const FILTER: &str = "sensors/+/reading";
 /// Partitions of the readings topic (more partitions: more room under the mock's retention).
 const PARTITIONS: i32 = 8;
+/// A boot in which the gateway exited this often without becoming ready ends the cuts: it
+/// cannot start (its store is unusable, say), and every further cycle would show the same.
+const GIVE_UP_AFTER_EXITS: usize = 3;
 
 /// Pulls the plug on a gateway in a virtual machine, over and over, and counts what was lost.
 #[derive(Debug, Parser)]
@@ -71,7 +75,7 @@ pub(crate) struct Args {
     #[arg(long)]
     work: PathBuf,
     /// Readings per second from the sensor.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Longest time the gateway runs after it is ready before the cut (seconds).
     #[arg(long, default_value_t = 12.0)]
@@ -89,6 +93,9 @@ pub(crate) struct Args {
     /// each boot goes to <work>/strace/boot-NNN.log through a second serial port.
     #[arg(long)]
     strace: bool,
+    /// mosquitto logs every packet (to <work>/mosquitto/mosquitto.log).
+    #[arg(long)]
+    broker_debug: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -144,14 +151,19 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             "/usr/local/sbin/mosquitto",
         ],
     );
-    let broker = Mosquitto::start(&mosquitto_bin, &mosquitto_dir, free_port()?)?;
+    let broker = Mosquitto::start(
+        &mosquitto_bin,
+        &mosquitto_dir,
+        free_port()?,
+        args.broker_debug,
+    )?;
     let mut kafka = MockKafka::start(&MockKafka::default_binary(), 3)?;
     kafka.create_topic(tally::TOPIC, PARTITIONS)?;
     kafka.create_topic(tally::DLQ_TOPIC, 1)?;
-    let counter = tally::Counter::start(Reader::new(
-        kafka.bootstrap(),
-        &[tally::TOPIC, tally::DLQ_TOPIC],
-    )?);
+    let counter = tally::Counter::start(
+        Reader::new(kafka.bootstrap(), &[tally::TOPIC, tally::DLQ_TOPIC])?,
+        std::fs::File::create(work.join("kafka-records.tsv"))?,
+    );
 
     // The machine: a fresh ext4 state disk, and the initramfs with this run's configuration.
     let disk = work.join("state.img");
@@ -183,6 +195,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut report = Report::new(seed);
     let mut kafka_down_for = 0u32;
+    // One line per cut: number, Kafka down, cut while starting, Unix time in ms of the cut.
+    let mut cuts_file = std::fs::File::create(work.join("cuts.tsv"))?;
 
     for cut in 1..=args.cuts {
         // Kafka's schedule: stretches of 1 to 3 cycles with every broker down.
@@ -202,7 +216,25 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             ..cycle
         };
         println!("{}", cycle.line(cut, args.cuts));
+        writeln!(
+            cuts_file,
+            "{cut}\t{}\t{}\t{}",
+            cycle.kafka_down,
+            cycle.during_start,
+            tally::unix_ms()
+        )?;
+        let cannot_start = !cycle.ready && cycle.console.exits.len() >= GIVE_UP_AFTER_EXITS;
+        let last_error = cycle.console.errors.last().cloned().unwrap_or_default();
         report.cycles.push(cycle);
+        if cannot_start {
+            let why = format!(
+                "after cut {}, the gateway exited {GIVE_UP_AFTER_EXITS} times without becoming ready; its last ERROR line: {last_error}",
+                cut - 1
+            );
+            println!("  stopping the cuts: {why}");
+            report.stopped = Some(why);
+            break;
+        }
         if let Some(why) = &sensor.acks.lock().expect("lock").failed {
             bail!("the sensor lost its connection to mosquitto: {why}");
         }
@@ -223,12 +255,23 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let acks = sensor.finish(Duration::from_secs(60)).await;
     let (published, acked) = {
         let a = acks.lock().expect("lock");
+        write_acks(&work.join("acks.tsv"), &a.acked_at)?;
         (
             a.published,
             a.acked_at.iter().map(Option::is_some).collect::<Vec<_>>(),
         )
     };
-    let drained = wait_drained(&counter, &acked, Duration::from_secs(180)).await;
+    let drain_started = Instant::now();
+    // A gateway that never became ready delivers nothing more: wait only for stragglers.
+    let stall = if ready.is_some() { 180 } else { 10 };
+    let drained = wait_drained(
+        &counter,
+        &acked,
+        Duration::from_secs(stall),
+        Duration::from_secs(1200),
+    )
+    .await;
+    report.drain_time = drain_started.elapsed();
     let final_console = vm.cut();
     report.finish(
         published,
@@ -306,7 +349,8 @@ async fn wait_ready(vm: &mut Vm, machine: &Machine, limit: Duration) -> Option<I
         if vm::ready(machine.metrics_port).is_some() {
             return Some(Instant::now());
         }
-        if vm.has_exited() {
+        // qemu died (a kernel panic), or the gateway keeps failing to start.
+        if vm.has_exited() || vm.console().exits.len() >= GIVE_UP_AFTER_EXITS {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -314,34 +358,72 @@ async fn wait_ready(vm: &mut Vm, machine: &Machine, limit: Duration) -> Option<I
     None
 }
 
-/// Waits until every acknowledged reading is in Kafka and nothing new arrived for 5 s, or until
-/// nothing new arrived for `stall`. Returns whether every acknowledged reading arrived.
-async fn wait_drained(counter: &tally::Counter, acked: &[bool], stall: Duration) -> bool {
+/// Waits until every acknowledged reading is in Kafka and nothing new arrived for 5 s; gives up
+/// when nothing new arrived for `stall`, or after `limit`. Prints progress every 30 s. Returns
+/// whether every acknowledged reading arrived.
+async fn wait_drained(
+    counter: &tally::Counter,
+    acked: &[bool],
+    stall: Duration,
+    limit: Duration,
+) -> bool {
+    let started = Instant::now();
     let mut since = Instant::now();
     let mut last_count = 0;
+    let mut last_print = Instant::now();
+    let wanted = acked.iter().filter(|a| **a).count();
     loop {
-        let (complete, count, quiet) = {
+        let (present, count, quiet) = {
             let t = counter.tally.lock().expect("lock");
-            let complete = acked
+            let present = acked
                 .iter()
                 .enumerate()
-                .all(|(seq, a)| !*a || t.has(seq as u64));
+                .filter(|(seq, a)| **a && t.has(*seq as u64))
+                .count();
             let quiet = t
                 .last_record
                 .is_none_or(|l| l.elapsed() > Duration::from_secs(5));
-            (complete, t.records(), quiet)
+            (present, t.records(), quiet)
         };
+        let complete = present == wanted;
         if complete && quiet {
             return true;
         }
         if count != last_count {
             last_count = count;
             since = Instant::now();
-        } else if since.elapsed() > stall {
+        }
+        if since.elapsed() > stall {
+            println!("  draining: nothing new from Kafka for {stall:?}; giving up");
             return complete;
+        }
+        if started.elapsed() > limit {
+            println!("  draining: still incomplete after {limit:?}; giving up");
+            return complete;
+        }
+        if last_print.elapsed() > Duration::from_secs(30) {
+            last_print = Instant::now();
+            println!(
+                "  draining for {:.0} s: {present} of {wanted} acknowledged readings in Kafka ({count} records)",
+                started.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// One line per reading: `seq`, then the Unix time in ms mosquitto acknowledged it (or `-`).
+fn write_acks(path: &Path, acked_at: &[Option<Instant>]) -> anyhow::Result<()> {
+    let (now, now_ms) = (Instant::now(), tally::unix_ms());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (seq, at) in acked_at.iter().enumerate() {
+        match at {
+            Some(t) => writeln!(out, "{seq}\t{}", now_ms - (now - *t).as_millis())?,
+            None => writeln!(out, "{seq}\t-")?,
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// The outbox depth in a `/readyz` body, if it reports one.

@@ -15,19 +15,21 @@ pub(crate) struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts mosquitto on `port` with its persistence and log in `dir`.
-    pub(crate) fn start(binary: &Path, dir: &Path, port: u16) -> anyhow::Result<Self> {
+    /// Starts mosquitto on `port` with its persistence and log in `dir`; `debug`: log every
+    /// packet (PUBLISH, PUBACK with their packet ids).
+    pub(crate) fn start(binary: &Path, dir: &Path, port: u16, debug: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let conf = dir.join("mosquitto.conf");
         // As root, mosquitto drops to the user `mosquitto`, who could not write `dir`.
         let user = if is_root() { "user root\n" } else { "" };
+        let debug = if debug { "log_type debug\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\n\
                  persistence true\npersistence_location {}/\nautosave_interval 60\n\
                  max_queued_messages 1000000\n{user}\
-                 log_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\n",
+                 log_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\n{debug}",
                 dir.display(),
                 dir.join("mosquitto.log").display()
             ),

@@ -91,9 +91,16 @@ pub(crate) struct Report {
     dead_letters: u64,
     unreadable: u64,
     skipped: u64,
+    rereads: u64,
+    resent: u64,
+    stored_again: u64,
     final_console: Console,
     final_ready: bool,
     drained: bool,
+    /// The sensor stopped to the end of the drain.
+    pub(crate) drain_time: Duration,
+    /// Why the cuts stopped before the planned number, if they did.
+    pub(crate) stopped: Option<String>,
     elapsed: Duration,
     mosquitto_dropped: usize,
 }
@@ -133,6 +140,9 @@ impl Report {
         self.dead_letters = tally.dead_letters;
         self.unreadable = tally.unreadable;
         self.skipped = tally.skipped;
+        self.rereads = tally.rereads;
+        self.resent = tally.resent;
+        self.stored_again = tally.stored_again;
         self.final_console = final_console;
         self.final_ready = final_ready.is_some();
         self.drained = drained;
@@ -184,6 +194,8 @@ impl Report {
             && self.machine_failures() == 0
             && self.skipped == 0
             && self.mosquitto_dropped == 0
+            && self.drained
+            && self.stopped.is_none()
     }
 
     pub(crate) fn render(&self, args: &Args) -> String {
@@ -207,6 +219,9 @@ impl Report {
             w,
             "  cuts                       {cuts} ({down} while Kafka was down, {starting} while the gateway was starting), then a final boot to drain"
         );
+        if let Some(why) = &self.stopped {
+            let _ = writeln!(w, "  CUTS STOPPED EARLY         {why}");
+        }
         let _ = writeln!(w, "  readings published         {}", self.published);
         let _ = writeln!(w, "  acknowledged by mosquitto  {}", self.acked);
         let _ = writeln!(
@@ -221,8 +236,10 @@ impl Report {
         );
         let _ = writeln!(
             w,
-            "  duplicates                 {} (records beyond the first of each reading)",
-            self.records - self.distinct
+            "  duplicates                 {} (records beyond the first of each reading): {} sent again under the same sensorgate.seq, {} stored again under a new one",
+            self.records - self.distinct,
+            self.resent,
+            self.stored_again
         );
         let _ = writeln!(
             w,
@@ -289,16 +306,22 @@ impl Report {
         );
         let _ = writeln!(
             w,
-            "  mosquitto dropped messages {} log lines; records the Kafka reader skipped {}",
-            self.mosquitto_dropped, self.skipped
+            "  mosquitto dropped messages {} log lines; Kafka reader: {} offsets skipped, {} fetched twice (not counted)",
+            self.mosquitto_dropped, self.skipped, self.rereads
         );
         let _ = writeln!(
             w,
             "  drained                    {}",
             if self.drained {
-                "yes: every acknowledged reading arrived and Kafka was quiet for 5 s"
+                format!(
+                    "yes, in {:.0} s: every acknowledged reading arrived and Kafka was quiet for 5 s",
+                    self.drain_time.as_secs_f64()
+                )
             } else {
-                "NO: Kafka stopped receiving before every acknowledged reading arrived"
+                format!(
+                    "NO: gave up after {:.0} s before every acknowledged reading arrived",
+                    self.drain_time.as_secs_f64()
+                )
             }
         );
         self.render_logged(w, "errors logged", |c| &c.errors);
