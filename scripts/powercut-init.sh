@@ -50,7 +50,7 @@ trace=""
 if [ "$STRACE" = 1 ]; then
     # The trace leaves through the second serial port, which qemu writes to a host file as it
     # comes: a power cut does not take it with it.
-    trace="strace -f -tt -e trace=%file,%desc,fsync,fdatasync,sync_file_range,syncfs,msync -o /dev/ttyS1"
+    trace="strace -f -tt -e trace=%file,pwrite64,pwritev,pwritev2,ftruncate,fallocate,fsync,fdatasync,sync_file_range,syncfs,msync -o /dev/ttyS1"
 fi
 while :; do
     say "gateway starting at $(uptime_s)s"

@@ -355,7 +355,11 @@ impl Report {
     fn moved_aside(&self) -> Vec<(usize, String)> {
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for (boot, console) in self.consoles().enumerate() {
+            // `ls -la` entry lines (not the `dir:` headers), by the entry's name.
             for entry in &console.state_listing {
+                if entry.ends_with(':') {
+                    continue;
+                }
                 let name = entry.split_whitespace().last().unwrap_or_default();
                 if name.contains("corrupt") {
                     seen.entry(name.to_owned()).or_insert(boot + 1);
@@ -466,4 +470,31 @@ fn stats(values: impl Iterator<Item = Option<Duration>>) -> String {
         "mean {mean:.1} s (min {min:.1} s, max {max:.1} s, n {})",
         v.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_moved_aside_is_listed_once_with_the_boot_that_first_showed_it() {
+        let listing = |entries: &[&str]| Console {
+            state_listing: entries.iter().map(|e| (*e).to_owned()).collect(),
+            ..Console::default()
+        };
+        let mut report = Report::new(1);
+        report.cycles.push(Cycle {
+            console: listing(&["drwxr-xr-x 3 0 0 1024 Dec  1 23:01 outbox"]),
+            ..Cycle::default()
+        });
+        report.final_console = listing(&[
+            "drwxr-xr-x 3 0 0 1024 Dec  1 23:01 outbox",
+            "drwxr-xr-x 3 0 0 1024 Dec  1 23:01 outbox.corrupt-1796170106",
+            "/var/lib/sensorgate/outbox.corrupt-1796170106/:",
+        ]);
+        assert_eq!(
+            report.moved_aside(),
+            [(2, "outbox.corrupt-1796170106".to_owned())]
+        );
+    }
 }
