@@ -21,6 +21,7 @@
 //! itself failed.
 
 mod cpio;
+mod image;
 mod mosquitto;
 mod report;
 mod sensor;
@@ -43,9 +44,9 @@ use report::{Cycle, Report};
 use vm::{Machine, Vm};
 
 /// The gateway's MQTT client id (its persistent session at mosquitto).
-const CLIENT_ID: &str = "sensorgate-powercut";
+pub(crate) const CLIENT_ID: &str = "sensorgate-powercut";
 /// The gateway's MQTT topic filter.
-const FILTER: &str = "sensors/+/reading";
+pub(crate) const FILTER: &str = "sensors/+/reading";
 /// Partitions of the readings topic (more partitions: more room under the mock's retention).
 const PARTITIONS: i32 = 8;
 /// A boot in which the gateway exited this often without becoming ready ends the cuts: it
@@ -167,9 +168,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
 
     // The machine: a fresh ext4 state disk, and the initramfs with this run's configuration.
     let disk = work.join("state.img");
-    make_state_disk(&disk)?;
+    image::make_state_disk(&disk)?;
     let initrd = work.join("initrd.cpio");
-    write_initrd(args, &initrd, broker.port, &kafka.ports())?;
+    image::write_initrd(args, &initrd, broker.port, &kafka.ports())?;
     let machine = Machine {
         qemu: args.qemu.clone(),
         kernel: args.kernel.clone(),
@@ -440,93 +441,4 @@ fn console_log(work: &Path, boot: usize) -> PathBuf {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A sparse 256 MiB raw disk with a fresh ext4 file system (mke2fs's defaults).
-fn make_state_disk(path: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path)?;
-    file.set_len(256 << 20)?;
-    drop(file);
-    let status = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "sgstate"])
-        .arg(path)
-        .status()
-        .context("running mkfs.ext4 (e2fsprogs)")?;
-    anyhow::ensure!(status.success(), "mkfs.ext4 failed: {status}");
-    Ok(())
-}
-
-/// The image directory plus this run's files: the gateway's configuration and `/init`'s
-/// settings.
-fn write_initrd(
-    args: &Args,
-    path: &Path,
-    mqtt_port: u16,
-    kafka_ports: &[u16],
-) -> anyhow::Result<()> {
-    for needed in ["init", "usr/bin/sensorgate", "usr/bin/socat"] {
-        anyhow::ensure!(
-            cpio::is_executable(&args.image.join(needed)),
-            "{} has no executable {needed}: run scripts/powercut.sh, which builds the image",
-            args.image.display()
-        );
-    }
-    let brokers: Vec<String> = kafka_ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let config = format!(
-        r#"# Written by sensorgate-powercut for this run.
-[gateway]
-id = "powercut-vm"
-state_dir = "/var/lib/sensorgate"
-schemas_dir = "schemas"
-
-[queue]
-fsync = {fsync}
-
-[kafka]
-brokers = "{brokers}"
-
-[retry]
-initial = "200ms"
-max = "2s"
-
-[[mqtt]]
-name = "host"
-url = "mqtt://10.0.2.2:{mqtt_port}"
-client_id = "{CLIENT_ID}"
-topics = ["{FILTER}"]
-
-[[route]]
-source = "host"
-schema = "reading.v1.json"
-kafka_topic = "{topic}"
-key = "/device_id"
-
-[metrics]
-listen = "0.0.0.0:9898"
-"#,
-        fsync = !args.no_fsync,
-        brokers = brokers.join(","),
-        topic = tally::TOPIC,
-    );
-    let ports: Vec<String> = kafka_ports.iter().map(u16::to_string).collect();
-    let env = format!(
-        "KAFKA_PORTS=\"{}\"\nSTRACE={}\n",
-        ports.join(" "),
-        u8::from(args.strace)
-    );
-    let file = std::fs::File::create(path)?;
-    let mut archive = cpio::Cpio::new(std::io::BufWriter::new(file));
-    archive.add_tree(&args.image)?;
-    for dir in ["etc", "etc/sensorgate"] {
-        if !args.image.join(dir).is_dir() {
-            archive.dir(dir)?;
-        }
-    }
-    archive.file("etc/sensorgate/sensorgate.toml", 0o644, config.as_bytes())?;
-    archive.file("etc/powercut.env", 0o644, env.as_bytes())?;
-    archive.finish()?;
-    Ok(())
 }
