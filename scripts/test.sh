@@ -28,6 +28,10 @@ fi
 if ! command -v make >/dev/null 2>&1; then
     packages+=(make)
 fi
+# Kafka and MQTT TLS link the system's OpenSSL, found with pkg-config.
+if ! dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q 'install ok installed'; then
+    packages+=(libssl-dev pkg-config)
+fi
 # The unit file is checked with systemd-analyze.
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     packages+=(systemd)
@@ -60,6 +64,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+step "cargo clippy --no-default-features --lib --bins -- -D warnings (the packaged daemon)"
+cargo clippy --no-default-features --lib --bins -- -D warnings
 
 # The output is kept in target/test-logs/ and the per-binary result lines are repeated at the end.
 logs=target/test-logs
