@@ -911,8 +911,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_pseudo_terminal_passes_the_probe() {
+    #[tokio::test]
+    async fn a_pseudo_terminal_passes_the_probe() {
         let (_master, pty) = serial_port().expect("a usable pseudo-terminal on this machine");
         assert!(pty.starts_with("/dev/"), "{pty}");
     }
