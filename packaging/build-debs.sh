@@ -6,9 +6,11 @@
 #     packaging/build-debs.sh amd64 arm64 armhf
 #
 # ARCH is a Debian architecture (amd64, arm64, armhf) or a Rust target triple. For each one it
-# adds the Rust target with rustup, installs Debian's cross compiler with apt-get, points Cargo,
-# the cc crate and librdkafka's configure script at it, and runs `cargo deb --target TRIPLE`.
-# The packages land in target/debian/ (cargo-deb 3), named sensorgate_<version>-<revision>_<arch>.deb.
+# adds the Rust target with rustup, installs Debian's cross compiler and the target's OpenSSL
+# headers (libssl-dev:ARCH, through Debian multiarch) with apt-get, points Cargo, the cc crate,
+# pkg-config and librdkafka's configure script at them, builds the demo's broker helper (with the
+# `demo` feature) and the daemon (without it), and runs `cargo deb --target TRIPLE --no-build`. The
+# packages land in target/debian/ (cargo-deb 3), named sensorgate_<version>-<revision>_<arch>.deb.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,8 +37,9 @@ apt_install() {
     fi
 }
 
-# librdkafka's build needs make and a C++ compiler for its configure script.
-apt_install make g++ pkg-config
+# librdkafka's build needs make and a C++ compiler for its configure script; Kafka and MQTT TLS
+# link the system's OpenSSL.
+apt_install make g++ pkg-config libssl-dev
 if ! cargo deb --version >/dev/null 2>&1; then
     step "Installing cargo-deb"
     cargo install cargo-deb --locked
@@ -50,8 +53,10 @@ built=()
 for arch in "$@"; do
     case $arch in
     amd64 | x86_64-unknown-linux-gnu)
-        step "amd64: cargo deb"
-        built+=("$(cargo deb | tail -n 1)")
+        step "amd64: the demo's broker helper, the daemon without it, cargo deb --no-build"
+        cargo build --release --bin sensorgate-demo-broker
+        cargo build --release --no-default-features --bin sensorgate
+        built+=("$(cargo deb --no-build | tail -n 1)")
         continue
         ;;
     arm64 | aarch64-unknown-linux-gnu)
@@ -69,14 +74,26 @@ for arch in "$@"; do
 
     step "$triple: toolchain"
     rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+    # The target's OpenSSL comes from Debian's $debarch archive (multiarch); the host's
+    # libssl-dev must be of the same version, so both are brought up to date together.
+    if ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
+        step "dpkg --add-architecture $debarch"
+        "${sudo[@]}" dpkg --add-architecture "$debarch"
+        "${sudo[@]}" apt-get update
+    fi
     # The C library comes with the compiler only as a Recommends.
-    apt_install "gcc-$gnu" "g++-$gnu" "libc6-dev-$debarch-cross"
+    apt_install "gcc-$gnu" "g++-$gnu" "libc6-dev-$debarch-cross" "libssl-dev:$debarch"
+    host_ssl=$(dpkg-query -W -f='${Version}' "libssl-dev:$(dpkg --print-architecture)")
+    if [[ $(dpkg-query -W -f='${Version}' "libssl-dev:$debarch") != "$host_ssl" ]]; then
+        step "libssl-dev: the same version for the host and $debarch"
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl-dev "libssl-dev:$debarch"
+    fi
 
-    step "$triple: cargo deb --target $triple"
+    step "$triple: the demo's broker helper, the daemon without it, cargo deb --no-build"
     upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
     lower=${triple//-/_}
     env_vars=(
-        # Rust's linker, and the C compilers the cc crate uses (zstd, zlib, OpenSSL).
+        # Rust's linker, and the C compilers the cc crate uses (zstd, zlib).
         "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
         "CC_${lower}=$gnu-gcc"
         "CXX_${lower}=$gnu-g++"
@@ -89,20 +106,24 @@ for arch in "$@"; do
         "HOST_CC=gcc"
         "HOST_CXX=g++"
         "HOST_AR=ar"
-        # No target libraries through pkg-config: every C dependency is built from source, so
-        # the build must not pick up this machine's amd64 libraries.
+        # pkg-config sees the target's libraries only (OpenSSL from libssl-dev:$debarch), never
+        # this machine's amd64 ones; openssl-sys asks pkg-config only when told it may cross.
         "PKG_CONFIG_LIBDIR=/usr/lib/$gnu/pkgconfig"
+        "PKG_CONFIG_ALLOW_CROSS=1"
     )
     if [[ $triple == armv7-* ]]; then
         # librdkafka uses 64-bit atomics, which 32-bit ARM gets from libatomic.
         env_vars+=("CARGO_TARGET_${upper}_RUSTFLAGS=-C link-arg=-latomic")
     fi
     # The release profile already strips symbols (strip = "symbols"); cargo-deb would need the
-    # target's strip otherwise.
-    built+=("$(env "${env_vars[@]}" cargo deb --target "$triple" --no-strip | tail -n 1)")
+    # target's strip otherwise. Two builds: the feature differs between the two binaries.
+    env "${env_vars[@]}" cargo build --release --target "$triple" --bin sensorgate-demo-broker
+    env "${env_vars[@]}" cargo build --release --target "$triple" --no-default-features --bin sensorgate
+    built+=("$(env "${env_vars[@]}" cargo deb --target "$triple" --no-build --no-strip | tail -n 1)")
 done
 
 step "Packages"
 for deb in "${built[@]}"; do
-    printf '%s  %s bytes  Architecture: %s\n' "$deb" "$(stat -c %s "$deb")" "$(dpkg-deb -f "$deb" Architecture)"
+    printf '%s  %s bytes  Architecture: %s  Depends: %s\n' "$deb" "$(stat -c %s "$deb")" \
+        "$(dpkg-deb -f "$deb" Architecture)" "$(dpkg-deb -f "$deb" Depends)"
 done

@@ -8,7 +8,8 @@
 #     sensorgate user in group dialout, /var/lib/sensorgate (sensorgate, 0750), the unit enabled;
 #     then a reinstall (the upgrade path), a removal (state kept) and a purge (state removed);
 #   - systemd-analyze verify on the installed unit, `sensorgate check-config` on the installed
-#     default configuration;
+#     default configuration, and a short `sensorgate demo` of the installed binary (which runs
+#     the installed /usr/lib/sensorgate/sensorgate-demo-broker);
 #   - the sizes of the .deb and of the stripped binary.
 #
 # Installs what is missing: lintian, systemd (systemd-analyze), g++ and make (librdkafka's build)
@@ -31,6 +32,7 @@ command -v lintian >/dev/null 2>&1 || packages+=(lintian)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || packages+=(g++)
 command -v make >/dev/null 2>&1 || packages+=(make)
+dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q 'install ok installed' || packages+=(libssl-dev)
 if ((${#packages[@]} > 0)); then
     step "Installing ${packages[*]}"
     sudo=()
@@ -47,8 +49,11 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 
 # --- Build ---------------------------------------------------------------------------------
-step "cargo deb"
-deb=$(cargo deb)
+step "cargo build (the demo's broker helper, the daemon without it), cargo deb --no-build"
+# The package's daemon is built without the `demo` feature; its broker helper with it.
+cargo build --release --bin sensorgate-demo-broker
+cargo build --release --no-default-features --bin sensorgate
+deb=$(cargo deb --no-build)
 deb=$(echo "$deb" | tail -n 1)
 [[ -f $deb ]] || fail "cargo deb did not report a package file: $deb"
 echo "$deb"
@@ -70,6 +75,7 @@ step "dpkg-deb -c"
 dpkg-deb -c "$deb"
 dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#' >"$work/files"
 for f in /usr/bin/sensorgate \
+    /usr/lib/sensorgate/sensorgate-demo-broker \
     /usr/lib/systemd/system/sensorgate.service \
     /etc/sensorgate/sensorgate.toml \
     /etc/sensorgate/schemas/reading.v1.json \
@@ -91,6 +97,7 @@ depends=$(dpkg-deb -f "$deb" Depends)
 echo "Depends: $depends"
 [[ $depends == *libc6* ]] || fail "Depends lacks libc6"
 [[ $depends == *systemd* ]] || fail "Depends lacks systemd"
+[[ $depends == *libssl3* ]] || fail "Depends lacks libssl3"
 
 # --- Install into a scratch root -----------------------------------------------------------
 step "dpkg --root (scratch root, maintainer scripts chrootless)"
@@ -132,6 +139,11 @@ sed -e "s#\"/etc/sensorgate/schemas\"#\"$root/etc/sensorgate/schemas\"#" \
 "$root/usr/bin/sensorgate" --version
 "$root/usr/bin/sensorgate" check-config --config "$work/sensorgate.toml"
 
+step "sensorgate demo (installed binary and broker helper)"
+"$root/usr/bin/sensorgate" demo --duration 4s --devices 5 | tee "$work/demo.out"
+grep -q "rumqttd in sensorgate-demo-broker" "$work/demo.out" || fail "the demo did not run the installed broker helper"
+grep -q "consistent: yes" "$work/demo.out" || fail "the installed demo was not consistent"
+
 step "Upgrade (reinstall), remove, purge"
 "${dpkg_root[@]}" -i "$deb"
 "${dpkg_root[@]}" --remove sensorgate
@@ -155,8 +167,10 @@ dpkg-deb -x "$deb" "$work/x"
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 deb_bytes=$(stat -c %s "$deb")
 bin_bytes=$(stat -c %s "$work/x/usr/bin/sensorgate")
+helper_bytes=$(stat -c %s "$work/x/usr/lib/sensorgate/sensorgate-demo-broker")
 echo ".deb:            $deb_bytes bytes ($(mib "$deb_bytes")) $(basename "$deb")"
 echo "stripped binary: $bin_bytes bytes ($(mib "$bin_bytes")) /usr/bin/sensorgate"
+echo "demo's broker:   $helper_bytes bytes ($(mib "$helper_bytes")) /usr/lib/sensorgate/sensorgate-demo-broker"
 if command -v file >/dev/null 2>&1; then
     file -b "$work/x/usr/bin/sensorgate"
 fi

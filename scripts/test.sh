@@ -33,6 +33,10 @@ fi
 if ! command -v strace >/dev/null 2>&1; then
     packages+=(strace)
 fi
+# Kafka and MQTT TLS link the system's OpenSSL, found with pkg-config.
+if ! dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q 'install ok installed'; then
+    packages+=(libssl-dev pkg-config)
+fi
 # The unit file is checked with systemd-analyze.
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     packages+=(systemd)
@@ -65,6 +69,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo clippy --no-default-features --lib --bins -- -D warnings (the packaged daemon)"
+cargo clippy --no-default-features --lib --bins -- -D warnings
 
 # The output is kept in target/test-logs/ and the per-binary result lines are repeated at the end.
 logs=target/test-logs

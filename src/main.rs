@@ -346,6 +346,28 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Worker threads of the daemon's runtime, at most. Committing (sled, fsync), publishing
+/// (librdkafka) and sled's I/O have threads of their own; tokio's tasks receive, parse, validate
+/// and route, which two workers do for far more readings than a board's sensors send, and which
+/// leaves a 4-core Pi's other cores to those threads.
+const WORKER_THREADS: usize = 2;
+/// Threads for blocking calls (opening a serial port, resolving a broker's name): each source
+/// makes one at a time.
+const MAX_BLOCKING_THREADS: usize = 8;
+/// How long an idle blocking thread is kept.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// The daemon's runtime, sized for a small board rather than for the machine's core count.
+fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS.min(cores))
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .enable_all()
+        .build()
+}
+
 /// Runs an operator tool on a fresh runtime. The first SIGINT or SIGTERM cancels the token the
 /// tool watches (it then prints its summary); a second one exits at once.
 fn run_tool<T, E, F>(task: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<T>
@@ -417,7 +439,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match daemon_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("sensorgate: cannot start the async runtime: {e}");

@@ -660,14 +660,12 @@ impl Outbox {
             }
             self.room.notify_all();
         }
-        if let Some(settled) = persist {
-            let mut file = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
-            file.write(settled)
-                .map_err(|source| OutboxError::StateDir {
-                    path: file.path().to_owned(),
-                    source,
-                })?;
-        }
+        let mut file = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
+        file.write(persist, self.fsync)
+            .map_err(|source| OutboxError::StateDir {
+                path: file.path().to_owned(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -787,7 +785,7 @@ impl Outbox {
             .map_err(|e| self.sled_err(e))?;
         {
             let mut file = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
-            file.write(settled)
+            file.write(Some(settled), false)
                 .and_then(|()| if self.fsync { file.sync() } else { Ok(()) })
                 .map_err(|source| OutboxError::StateDir {
                     path: file.path().to_owned(),

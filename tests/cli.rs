@@ -200,6 +200,29 @@ fn run_fails_clearly_when_the_state_directory_cannot_be_used() {
 }
 
 #[test]
+fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_in(dir.path());
+    std::fs::write(dir.path().join("state"), "not a directory").unwrap();
+    let log = dir.path().join("log");
+    let status = Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("ERROR"), "{logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "escape sequences in a log file: {logged:?}"
+    );
+}
+
+#[test]
 fn run_with_a_missing_schema_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_in(dir.path());

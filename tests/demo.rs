@@ -1,5 +1,6 @@
 //! `sensorgate demo` in process, shortened: every count of the summary must agree with the
-//! others and with what a consumer read back from Kafka.
+//! others and with what a consumer read back from Kafka. And the demo's broker helper, which the
+//! Debian package ships because its daemon is built without the broker.
 
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ async fn a_short_demo_delivers_everything_and_reads_back_consistent_counts() {
     assert!(summary.sent > 500, "{out}");
     assert_eq!(summary.acknowledged, summary.sent, "{out}");
     assert_eq!(summary.status_messages, STATUS_MESSAGES);
+    assert_eq!(summary.serial_skipped, None, "{out}");
     assert!(
         summary.serial_lines > 0,
         "the serial sensor wrote lines: {out}"
@@ -58,4 +60,70 @@ async fn a_short_demo_delivers_everything_and_reads_back_consistent_counts() {
         "{out}"
     );
     assert!(summary.peak_outbox_during_outage > 0, "{out}");
+}
+
+/// The broker helper the Debian package ships (`sensorgate demo` runs it when the daemon is
+/// built without the `demo` feature): a real MQTT client connects to it.
+#[tokio::test]
+async fn the_broker_helper_accepts_mqtt_clients() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let helper = std::path::Path::new(env!("CARGO_BIN_EXE_sensorgate-demo-broker"));
+    let broker = demo::broker::Broker::spawn(helper).expect("the helper starts");
+    assert!(
+        broker.describe().contains("sensorgate-demo-broker"),
+        "{}",
+        broker.describe()
+    );
+    let (_client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("probe", "127.0.0.1", broker.port()), 8);
+    let connack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK within 10 s")
+    .expect("the connection succeeds");
+    assert_eq!(connack.code, rumqttc::ConnectReturnCode::Success);
+}
+
+/// The helper ends when its standard input closes, so it cannot outlive a demo that was killed.
+#[test]
+fn the_broker_helper_exits_when_its_input_closes() {
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sensorgate-demo-broker"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the helper never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the helper still runs 10 s after its input closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
 }

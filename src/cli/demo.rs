@@ -1,6 +1,7 @@
 //! `sensorgate demo`: the whole pipeline on one machine, with nothing installed.
 //!
-//! Everything runs in this process:
+//! Everything runs in this process but the MQTT broker when the binary was built without the
+//! `demo` feature ([`broker`]):
 //! - an MQTT broker (rumqttd) on a free port of 127.0.0.1;
 //! - librdkafka's mock Kafka cluster (three brokers) holding the demo's three topics;
 //! - the real gateway ([`crate::app::start`]) on a generated configuration that uses the
@@ -8,16 +9,18 @@
 //! - simulated sensors ([`crate::cli::simulate`]) publishing readings, some of them invalid, plus
 //!   a few status messages on a topic no route matches (they become `no-route` dead letters);
 //! - one device writing JSON lines to a pseudo-terminal, read by a `[[serial]]` source (every
-//!   tenth line has an out-of-range temperature).
+//!   tenth line has an out-of-range temperature). Where a pseudo-terminal cannot be opened as a
+//!   serial port (qemu-user lacks the `TCGETS2` ioctl), the demo goes on without it and says so.
 //!
 //! A third of the way in, every Kafka broker goes down for a few seconds: readings keep arriving
 //! and wait in the outbox, then drain when Kafka is back. When the sensors stop and the outbox is
 //! empty, a consumer reads every topic back from the beginning, and the summary checks that the
 //! numbers agree ([`DemoSummary::consistent`]).
 
+pub mod broker;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -51,7 +54,8 @@ const READING_SCHEMA: &str = include_str!("../../schemas/reading.v1.json");
 const PARTITIONS: i32 = 3;
 /// How long the pipeline may take to deliver everything once the sensors stopped.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
-/// How long starting the broker and the gateway's subscription may take.
+/// How long starting the broker, the gateway's subscription and opening its serial port may
+/// each take.
 const START_LIMIT: Duration = Duration::from_secs(15);
 /// How often counters are sampled (the peak outbox depth is a sampled maximum).
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -159,6 +163,8 @@ pub struct DemoSummary {
     pub status_messages: u64,
     /// Lines the simulated serial sensor wrote to its pseudo-terminal.
     pub serial_lines: u64,
+    /// Why there was no serial sensor, when there was none.
+    pub serial_skipped: Option<String>,
     /// Invalid readings the sensors sent on purpose.
     pub sent_invalid: u64,
     /// Messages the gateway received.
@@ -264,25 +270,24 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
         kafka.create_topic(topic, PARTITIONS, 1)?;
     }
     let bootstrap = kafka.bootstrap_servers();
-    let mqtt_port = start_broker()?;
-    // The serial sensor: a pseudo-terminal pair. Only its path is kept of the slave end, which
-    // is closed so that the gateway can open (and lock) it like a real device; the sensor
-    // writes to the master end.
-    let (master, slave) = tokio_serial::SerialStream::pair()
-        .map_err(|e| DemoError::State(std::io::Error::other(format!("pseudo-terminal: {e}"))))?;
-    let pty = tokio_serial::SerialPort::name(&slave).ok_or_else(|| {
-        DemoError::State(std::io::Error::other("the pseudo-terminal has no name"))
-    })?;
-    drop(slave);
-    let config_path =
-        write_config(dir.path(), mqtt_port, &bootstrap, &pty).map_err(DemoError::State)?;
+    let broker = broker::start()?;
+    let mqtt_port = broker.port();
+    let serial = serial_port();
+    let config_path = write_config(
+        dir.path(),
+        mqtt_port,
+        &bootstrap,
+        serial.as_ref().ok().map(|(_, pty)| pty.as_str()),
+    )
+    .map_err(DemoError::State)?;
     let gateway = crate::app::start(Config::load(&config_path)?)?;
 
     writeln!(
         out,
-        "sensorgate demo: MQTT broker (rumqttd) on 127.0.0.1:{mqtt_port}, Kafka mock cluster \
+        "sensorgate demo: MQTT broker ({}) on 127.0.0.1:{mqtt_port}, Kafka mock cluster \
          (3 brokers) on {bootstrap}\n  gateway state in a temporary directory; {} sensors, \
-         ~{:.0} readings/s for {} s, {:.0}% invalid; Kafka down from {:.1} s to {:.1} s.\n",
+         ~{:.0} readings/s for {} s, {:.0}% invalid; Kafka down from {:.1} s to {:.1} s.",
+        broker.describe(),
         options.devices,
         options.rate,
         options.duration.as_secs_f64(),
@@ -290,13 +295,23 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
         outage_at.as_secs_f64(),
         (outage_at + outage).as_secs_f64(),
     )?;
+    let serial = match serial {
+        Ok((master, pty)) => {
+            writeln!(out, "  a serial sensor writes to {pty}.")?;
+            Ok(master)
+        }
+        Err(why) => {
+            writeln!(out, "  no serial sensor: {why}.")?;
+            Err(why)
+        }
+    };
     let result = drive(
         options,
         out,
         &gateway,
         &kafka,
         mqtt_port,
-        master,
+        serial,
         (outage_at, outage),
     )
     .await;
@@ -313,7 +328,32 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
     summary.elapsed = started.elapsed();
     write_summary(out, &summary)?;
     drop(kafka);
+    drop(broker);
     Ok(summary)
+}
+
+/// The serial sensor's pseudo-terminal: the master end, which the sensor writes to, and the
+/// path of the slave end, which the gateway opens (and locks) like a real device. The slave end
+/// is opened here once the way the gateway opens a port, to learn whether this system allows it
+/// (under qemu-user it fails: no `TCGETS2`); the error says why not.
+fn serial_port() -> Result<(tokio_serial::SerialStream, String), String> {
+    let (master, slave) = tokio_serial::SerialStream::pair()
+        .map_err(|e| format!("cannot create a pseudo-terminal ({e})"))?;
+    let pty = tokio_serial::SerialPort::name(&slave)
+        .ok_or_else(|| "the pseudo-terminal has no name".to_owned())?;
+    drop(slave);
+    probe_serial(&pty)?;
+    Ok((master, pty))
+}
+
+/// Opens `path` as a serial port as the gateway does, and closes it again.
+fn probe_serial(path: &str) -> Result<(), String> {
+    tokio_serial::new(path, 115_200)
+        .open_native()
+        .map(drop)
+        .map_err(|e| {
+            format!("{path} cannot be opened as a serial port here ({e}), so the demo goes on without it")
+        })
 }
 
 fn check(options: &DemoOptions) -> Result<(), DemoError> {
@@ -343,17 +383,47 @@ async fn drive(
     gateway: &Handle,
     kafka: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     mqtt_port: u16,
-    pty_master: tokio_serial::SerialStream,
+    pty_master: Result<tokio_serial::SerialStream, String>,
     (outage_at, outage): (Duration, Duration),
 ) -> Result<DemoSummary, DemoError> {
     let stats = gateway.stats().clone();
-    wait_for(START_LIMIT, "the gateway to subscribe", || {
-        let snap = stats.snapshot();
-        snap.sources_up.get(SOURCE) == Some(&true)
-            && snap.serial.get(SERIAL_SOURCE).is_some_and(|p| p.open)
-    })
+    wait_for(
+        out,
+        START_LIMIT,
+        &format!("the gateway's MQTT source to subscribe to 127.0.0.1:{mqtt_port}"),
+        || stats.snapshot().sources_up.get(SOURCE) == Some(&true),
+    )
     .await?;
-    let serial = tokio::spawn(serial_sensor(pty_master, options.duration));
+    let mut serial_skipped = pty_master.as_ref().err().cloned();
+    let serial = match pty_master {
+        Ok(master) => {
+            let opened = wait_for(
+                out,
+                START_LIMIT,
+                "the gateway's serial source to open the pseudo-terminal",
+                || {
+                    stats
+                        .snapshot()
+                        .serial
+                        .get(SERIAL_SOURCE)
+                        .is_some_and(|p| p.open)
+                },
+            )
+            .await;
+            match opened {
+                Ok(()) => Some(tokio::spawn(serial_sensor(master, options.duration))),
+                Err(DemoError::Timeout(what)) => {
+                    let why = format!("timed out waiting for {what}");
+                    writeln!(out, "  no serial sensor: {why}; going on without it.")?;
+                    serial_skipped = Some(why);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(_) => None,
+    };
+    writeln!(out)?;
     let status_messages = publish_status(mqtt_port).await?;
 
     let url = format!("mqtt://127.0.0.1:{mqtt_port}");
@@ -420,13 +490,19 @@ async fn drive(
             next_progress += options.progress_every;
             write_progress(out, elapsed, &snap, depth, down)?;
         }
-        if sent.is_some() && serial_lines.is_none() && serial.is_finished() {
-            let (port, lines) = (&mut serial)
-                .await
-                .map_err(|e| DemoError::Timeout(format!("the serial sensor failed: {e}")))?
-                .map_err(DemoError::State)?;
-            _serial_port = Some(port);
-            serial_lines = Some(lines);
+        if sent.is_some() && serial_lines.is_none() {
+            match &mut serial {
+                None => serial_lines = Some(0),
+                Some(task) if task.is_finished() => {
+                    let (port, lines) = task
+                        .await
+                        .map_err(|e| DemoError::Timeout(format!("the serial sensor failed: {e}")))?
+                        .map_err(DemoError::State)?;
+                    _serial_port = Some(port);
+                    serial_lines = Some(lines);
+                }
+                Some(_) => {}
+            }
         }
         if let (Some(sim), Some(lines)) = (&sent, serial_lines) {
             let received = snap.received_total();
@@ -436,15 +512,10 @@ async fn drive(
                 && depth == 0
             {
                 write_progress(out, elapsed, &snap, depth, down)?;
-                return Ok(summary_of(
-                    sim,
-                    status_messages,
-                    lines,
-                    &snap,
-                    depth,
-                    outage,
-                    peak,
-                ));
+                let mut summary =
+                    summary_of(sim, status_messages, lines, &snap, depth, outage, peak);
+                summary.serial_skipped = serial_skipped;
+                return Ok(summary);
             }
             if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 write_progress(out, elapsed, &snap, depth, down)?;
@@ -453,15 +524,10 @@ async fn drive(
                     "Gave up waiting after {} s: not everything was delivered.",
                     DRAIN_LIMIT.as_secs()
                 )?;
-                return Ok(summary_of(
-                    sim,
-                    status_messages,
-                    lines,
-                    &snap,
-                    depth,
-                    outage,
-                    peak,
-                ));
+                let mut summary =
+                    summary_of(sim, status_messages, lines, &snap, depth, outage, peak);
+                summary.serial_skipped = serial_skipped;
+                return Ok(summary);
             }
         }
     }
@@ -481,6 +547,7 @@ fn summary_of(
         acknowledged: sim.acknowledged,
         status_messages,
         serial_lines,
+        serial_skipped: None,
         sent_invalid: sim.invalid_total(),
         received: snap.received_total(),
         valid: snap.valid,
@@ -535,11 +602,15 @@ fn write_summary(out: &mut dyn Write, s: &DemoSummary) -> std::io::Result<()> {
         .join(", ");
     writeln!(out)?;
     writeln!(out, "Summary")?;
+    let serial = match &s.serial_skipped {
+        None => format!("{} lines on a serial port", s.serial_lines),
+        Some(why) => format!("no serial sensor ({why})"),
+    };
     writeln!(
         out,
         "  sensors sent            {} readings ({} invalid on purpose) + {} status messages \
-         over MQTT; {} lines on a serial port",
-        s.sent, s.sent_invalid, s.status_messages, s.serial_lines
+         over MQTT; {serial}",
+        s.sent, s.sent_invalid, s.status_messages
     )?;
     writeln!(out, "  received                {}", s.received)?;
     writeln!(out, "  valid                   {}", s.valid)?;
@@ -581,94 +652,28 @@ fn write_summary(out: &mut dyn Write, s: &DemoSummary) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Says what it waits for (when that is not there at once), then waits for it until `limit`.
 async fn wait_for(
+    out: &mut dyn Write,
     limit: Duration,
     what: &str,
     mut cond: impl FnMut() -> bool,
 ) -> Result<(), DemoError> {
     let deadline = Instant::now() + limit;
+    if !cond() {
+        writeln!(out, "  waiting for {what} …")?;
+        out.flush()?;
+    }
     while !cond() {
         if Instant::now() >= deadline {
-            return Err(DemoError::Timeout(what.to_owned()));
+            return Err(DemoError::Timeout(format!(
+                "{what} (waited {} s)",
+                limit.as_secs()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
-}
-
-/// Starts rumqttd on a free port of 127.0.0.1 and returns the port once it accepts connections.
-/// The broker's threads live until the process ends (rumqttd has no stop call).
-fn start_broker() -> Result<u16, DemoError> {
-    let mut last_error = String::new();
-    // The free port can be taken between choosing and binding it: try a few.
-    for _ in 0..3 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| DemoError::Broker(format!("no free port: {e}")))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let config = broker_config(addr);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("demo-mqtt-broker".into())
-            .spawn(move || {
-                let mut broker = rumqttd::Broker::new(config);
-                // Returns only when the broker cannot run.
-                let outcome = broker.start();
-                let _ = tx.send(format!("{outcome:?}"));
-            })
-            .map_err(|e| DemoError::Broker(e.to_string()))?;
-        let deadline = Instant::now() + START_LIMIT;
-        while Instant::now() < deadline {
-            if TcpStream::connect(addr).is_ok() {
-                return Ok(port);
-            }
-            if let Ok(error) = rx.try_recv() {
-                last_error = error;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if last_error.is_empty() {
-            last_error = format!("not listening on {addr} after {} s", START_LIMIT.as_secs());
-        }
-    }
-    Err(DemoError::Broker(last_error))
-}
-
-fn broker_config(listen: SocketAddr) -> rumqttd::Config {
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        max_payload_size: 1 << 20,
-        // Unacknowledged QoS 1 publishes per connection, both ways: the simulator keeps up to
-        // 1,000 in flight, and the gateway acknowledges only after its group commit.
-        max_inflight_count: usize::from(simulate::INFLIGHT) * 2,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = rumqttd::ServerSettings {
-        name: "demo".into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 100,
-            max_outgoing_packet_count: 1000,
-            // The broker keeps a commit log per topic in memory: 10 segments of 10 MiB.
-            max_segment_size: 10 << 20,
-            max_segment_count: 10,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some(HashMap::from([("demo".to_owned(), server)])),
-        ..Default::default()
-    }
 }
 
 /// Writes the gateway's configuration and schema into `dir`; returns the configuration's path.
@@ -676,16 +681,14 @@ fn write_config(
     dir: &Path,
     mqtt_port: u16,
     bootstrap: &str,
-    pty: &str,
+    pty: Option<&str>,
 ) -> std::io::Result<PathBuf> {
     let schemas = dir.join("schemas");
     std::fs::create_dir_all(&schemas)?;
     std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA)?;
     let path = dir.join("sensorgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"# Generated by `sensorgate demo`.
+    let mut text = format!(
+        r#"# Generated by `sensorgate demo`.
 [gateway]
 id = "demo-gateway"
 state_dir = "state"
@@ -709,26 +712,14 @@ message_timeout = "60s"
 initial = "100ms"
 max = "1s"
 
+[metrics]
+listen = ""
+
 [[mqtt]]
 name = "{SOURCE}"
 url = "mqtt://127.0.0.1:{mqtt_port}"
 client_id = "demo-gateway"
 topics = ["sensors/#"]
-
-[[serial]]
-name = "{SERIAL_SOURCE}"
-device = "{pty}"
-baud = 115200
-format = "json-lines"
-
-[metrics]
-listen = ""
-
-[[route]]
-source = "{SERIAL_SOURCE}"
-schema = "reading.v1.json"
-kafka_topic = "{READINGS_TOPIC}"
-key = "/device_id"
 
 [[route]]
 source = "{SOURCE}"
@@ -737,8 +728,25 @@ schema = "reading.v1.json"
 kafka_topic = "{READINGS_TOPIC}"
 key = "/device_id"
 "#
-        ),
-    )?;
+    );
+    if let Some(pty) = pty {
+        text.push_str(&format!(
+            r#"
+[[serial]]
+name = "{SERIAL_SOURCE}"
+device = "{pty}"
+baud = 115200
+format = "json-lines"
+
+[[route]]
+source = "{SERIAL_SOURCE}"
+schema = "reading.v1.json"
+kafka_topic = "{READINGS_TOPIC}"
+key = "/device_id"
+"#
+        ));
+    }
+    std::fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -882,10 +890,31 @@ mod tests {
     #[test]
     fn the_generated_configuration_is_valid() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_config(dir.path(), 1883, "127.0.0.1:9092", "/dev/ttyUSB0").unwrap();
-        let config = Config::load(&path).unwrap();
-        assert!(config.problems().is_empty(), "{:?}", config.problems());
-        crate::pipeline::Rules::build(&config).expect("routes and schema compile");
+        for pty in [Some("/dev/ttyUSB0"), None] {
+            let path = write_config(dir.path(), 1883, "127.0.0.1:9092", pty).unwrap();
+            let config = Config::load(&path).unwrap();
+            assert!(config.problems().is_empty(), "{:?}", config.problems());
+            assert_eq!(config.serial.len(), usize::from(pty.is_some()));
+            crate::pipeline::Rules::build(&config).expect("routes and schema compile");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_serial_port_fails_the_probe_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-tty");
+        std::fs::write(&file, "").unwrap();
+        let why = probe_serial(file.to_str().unwrap()).unwrap_err();
+        assert!(
+            why.contains("not-a-tty") && why.contains("goes on without it"),
+            "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pseudo_terminal_passes_the_probe() {
+        let (_master, pty) = serial_port().expect("a usable pseudo-terminal on this machine");
+        assert!(pty.starts_with("/dev/"), "{pty}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use std::collections::VecDeque;
 
+use rumqttc::tokio_native_tls::native_tls;
 use rumqttc::{
     AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
     SubscribeReasonCode, Transport,
@@ -53,6 +54,9 @@ pub enum MqttError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The TLS context could not be set up (a CA file without a certificate, OpenSSL failed).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// One `[[mqtt]]` source.
@@ -115,20 +119,36 @@ impl MqttSource {
             options.set_credentials(user, password);
         }
         if address.tls {
-            let transport = match &self.config.ca_file {
-                Some(path) => Transport::tls(
-                    std::fs::read(path).map_err(|source| MqttError::File {
-                        path: path.clone(),
-                        source,
-                    })?,
-                    None,
-                    None,
-                ),
-                None => Transport::tls_with_default_config(),
-            };
-            options.set_transport(transport);
+            options.set_transport(Transport::tls_with_config(self.tls()?.into()));
         }
         Ok(options)
+    }
+
+    /// The TLS connector (the system's OpenSSL): trusts the CAs of `ca_file` only when set, else
+    /// the system's CA store (`/etc/ssl/certs`); checks the broker's host name.
+    fn tls(&self) -> Result<native_tls::TlsConnector, MqttError> {
+        let mut builder = native_tls::TlsConnector::builder();
+        if let Some(path) = &self.config.ca_file {
+            let pem = std::fs::read(path).map_err(|source| MqttError::File {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = native_tls::Certificate::stack_from_pem(&pem)
+                .map_err(|e| MqttError::Tls(format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(MqttError::Tls(format!(
+                    "{}: no PEM certificate in the file",
+                    path.display()
+                )));
+            }
+            builder.disable_built_in_roots(true);
+            for cert in certs {
+                builder.add_root_certificate(cert);
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| MqttError::Tls(format!("cannot set up TLS: {e}")))
     }
 
     /// Receives until `stop` is cancelled, then lets pending acknowledgements reach the broker

@@ -3,15 +3,21 @@
 //!
 //! It only saves work: after a crash the publisher starts from it instead of from the start of
 //! the oldest segment, so a SIGKILL resends about 100 ms of confirmed records rather than up to
-//! a segment's worth. It is written without fsync (the kernel keeps it across a SIGKILL); after
-//! a power cut it may be stale, torn or zero, which the CRC catches: the outbox then starts from
-//! the watermark in sled or from the oldest segment, and the records in between are sent again
-//! (duplicates, never loss). A value is written only once every record below it was confirmed,
+//! a segment's worth. Each write goes to the kernel (which keeps it across a SIGKILL); with
+//! `queue.fsync` it is made durable every [`SYNC_EVERY`] at most, so a power cut resends about
+//! that much. After a power cut the file may also be torn or zero, which the CRC catches: the
+//! outbox then starts from the watermark in sled or from the oldest segment, and the records in
+//! between are sent again (duplicates, never loss). A value is written only once every record below it was confirmed,
 //! so no version of the file can be ahead of what Kafka holds.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often, at most, the watermark is fsynced while it moves: one small in-place write per
+/// 5 s is little wear for an SD card, and bounds what a power cut sends again.
+pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(5);
 
 /// The open watermark file.
 #[derive(Debug)]
@@ -19,6 +25,8 @@ pub(crate) struct WatermarkFile {
     file: File,
     path: PathBuf,
     last: [u8; 12],
+    synced_at: Instant,
+    unsynced: bool,
 }
 
 /// Its name in the queue directory.
@@ -44,25 +52,36 @@ impl WatermarkFile {
                 file,
                 path,
                 last: buf,
+                synced_at: Instant::now(),
+                unsynced: false,
             },
             found,
         ))
     }
 
-    /// Overwrites the watermark (no fsync).
-    pub(crate) fn write(&mut self, settled: u64) -> std::io::Result<()> {
-        let buf = encode(settled);
-        if buf == self.last {
-            return Ok(());
+    /// Overwrites the watermark with `settled`, if given; with `fsync`, makes the file durable
+    /// when it changed and [`SYNC_EVERY`] passed since the last time.
+    pub(crate) fn write(&mut self, settled: Option<u64>, fsync: bool) -> std::io::Result<()> {
+        if let Some(settled) = settled {
+            let buf = encode(settled);
+            if buf != self.last {
+                self.file.write_all_at(&buf, 0)?;
+                self.last = buf;
+                self.unsynced = true;
+            }
         }
-        self.file.write_all_at(&buf, 0)?;
-        self.last = buf;
+        if fsync && self.unsynced && self.synced_at.elapsed() >= SYNC_EVERY {
+            self.sync()?;
+        }
         Ok(())
     }
 
-    /// Makes the file durable (at shutdown).
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+    /// Makes the file durable.
+    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.synced_at = Instant::now();
+        self.unsynced = false;
+        Ok(())
     }
 
     /// The file's path, for errors.
@@ -94,7 +113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, found) = WatermarkFile::open(dir.path()).unwrap();
         assert_eq!(found, None, "a new file holds no watermark");
-        w.write(12_345).unwrap();
+        w.write(Some(12_345), true).unwrap();
         drop(w);
         let (_, found) = WatermarkFile::open(dir.path()).unwrap();
         assert_eq!(found, Some(12_345));

@@ -1,11 +1,13 @@
 //! Logging set-up: to the journal with structured fields (SOURCE, TOPIC, REASON, …: every
 //! tracing field, upper-cased) when systemd connected our stderr to it, otherwise human-readable
-//! to stderr. The level comes from `RUST_LOG` when set, else from `gateway.log_level`.
+//! to stderr, with colours only when stderr is a terminal. The level comes from `RUST_LOG` when
+//! set, else from `gateway.log_level`.
 //!
 //! We use `tracing-journald` rather than a `log`-crate journal logger because our events carry
 //! their values as tracing fields, which it sends as journal fields instead of flattening them
 //! into the message.
 
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -47,8 +49,10 @@ pub fn init(level: &str) {
             Err(e) => eprintln!("sensorgate: cannot reach the journal ({e}); logging to stderr"),
         }
     }
+    // Escape sequences belong on a terminal, not in a file or a pipe.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
