@@ -368,6 +368,7 @@ async fn drive(
         invalid_ratio: options.invalid_ratio,
         until: Until::Duration(options.duration),
         seed: options.seed,
+        commands: None,
     };
     // The simulator's own progress lines are not shown; the demo prints its own.
     let mut quiet = std::io::sink();

@@ -91,43 +91,12 @@ impl MqttSource {
     }
 
     fn options(&self) -> Result<MqttOptions, MqttError> {
-        let address = BrokerAddress::parse(&self.config.url)?;
-        let mut options = MqttOptions::new(&self.client_id, &address.host, address.port);
+        let mut options = broker_options(&self.config, &self.client_id)?;
         options
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_keep_alive(self.config.keep_alive.max(Duration::from_secs(5)))
             .set_max_packet_size(MQTT_MAX_PACKET, 64 << 10)
             .set_request_channel_capacity(1024);
-        if let Some(user) = &self.config.username {
-            let password = match &self.config.password_file {
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|source| MqttError::File {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-                None => String::new(),
-            };
-            options.set_credentials(user, password);
-        }
-        if address.tls {
-            let transport = match &self.config.ca_file {
-                Some(path) => Transport::tls(
-                    std::fs::read(path).map_err(|source| MqttError::File {
-                        path: path.clone(),
-                        source,
-                    })?,
-                    None,
-                    None,
-                ),
-                None => Transport::tls_with_default_config(),
-            };
-            options.set_transport(transport);
-        }
         Ok(options)
     }
 
@@ -316,6 +285,46 @@ impl MqttSource {
             tracing::warn!(source = %name, "Timed out flushing MQTT acknowledgements; the broker will redeliver");
         }
     }
+}
+
+/// Options for a connection to `config`'s broker under `client_id`: address, transport (TLS
+/// with `ca_file` or the system's roots for `mqtts://`), credentials (the password read from
+/// `password_file`) and keep-alive. Shared by the source and the downlinks that publish through
+/// its broker; each sets its own session and flow options.
+pub fn broker_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let address = BrokerAddress::parse(&config.url)?;
+    let mut options = MqttOptions::new(client_id, &address.host, address.port);
+    options.set_keep_alive(config.keep_alive.max(Duration::from_secs(5)));
+    if let Some(user) = &config.username {
+        let password = match &config.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| MqttError::File {
+                    path: path.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+            None => String::new(),
+        };
+        options.set_credentials(user, password);
+    }
+    if address.tls {
+        let transport = match &config.ca_file {
+            Some(path) => Transport::tls(
+                std::fs::read(path).map_err(|source| MqttError::File {
+                    path: path.clone(),
+                    source,
+                })?,
+                None,
+                None,
+            ),
+            None => Transport::tls_with_default_config(),
+        };
+        options.set_transport(transport);
+    }
+    Ok(options)
 }
 
 /// Why a connection ended.
