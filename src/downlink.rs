@@ -16,9 +16,10 @@
 //!   and after a lost connection everything not acknowledged is published again in that order.
 //!   Producers key commands by device, so a device's commands share a partition and reach MQTT
 //!   in Kafka order.
-//! - **Bounded.** At most `max_in_flight` commands are held ([`window`]); beyond that, and while
-//!   the breaker is open, every assigned partition is paused (librdkafka keeps polling the
-//!   group, and its prefetch is bounded too), so an outage grows the consumer lag, not memory.
+//! - **Bounded.** At most `max_in_flight` commands are held ([`window`]); with the window full
+//!   the task takes no more from the consumer (librdkafka's prefetch is bounded to 1 MiB), and
+//!   while the breaker is open every assigned partition is paused (nothing is fetched; the group
+//!   is still served), so an outage grows the consumer lag, not memory.
 //! - **Retry and breaker** ([`crate::publish::backoff`], the `[retry]` settings): a lost
 //!   connection, or a publish not acknowledged within `ack_timeout`, opens the breaker:
 //!   consumption pauses, and after a backoff with jitter a fresh connection is opened; once it

@@ -84,8 +84,6 @@ pub async fn stats(config: &Config, json: bool, out: &mut dyn Write) -> Result<S
             "MQTT down (consumption paused)"
         } else if d.circuit_open {
             "probing (circuit half-open)"
-        } else if d.paused {
-            "up, paused (window full)"
         } else {
             "up"
         };

@@ -126,7 +126,9 @@ impl Downlink {
                         run.window.dead_letter_stored(t.id, t.conn);
                     }
                 }
-                message = messages.next() => {
+                // A full window stops taking (librdkafka's prefetch is bounded); while paused
+                // the stream is still polled, which serves the group (rebalances, liveness).
+                message = messages.next(), if run.paused || !run.window.is_full() => {
                     self.rebalanced(&mut run);
                     match message {
                         Some(Ok(message)) => self.on_message(&mut run, &message).await,
@@ -283,25 +285,20 @@ impl Downlink {
         }
     }
 
-    /// Pauses every assigned partition while the breaker is open or the window full; resumes
-    /// once the breaker lets commands through and a quarter of the window is free again.
+    /// Pauses every assigned partition while the breaker is open (an outage: nothing is
+    /// fetched, librdkafka drops what it prefetched), resumes once it lets commands through.
+    /// A full window only stops taking messages from the stream: that lasts until PUBACKs come
+    /// back (at most `ack_timeout`), and keeps librdkafka's prefetch instead of fetching it again.
     fn flow(&mut self, run: &mut Run) {
-        let max = self.config.max_in_flight;
-        let pause = run.circuit == Circuit::Open || run.window.is_full();
-        let resume = run.circuit != Circuit::Open && run.window.held() <= max - max / 4;
-        let change = if !run.paused && pause {
-            Some(true)
-        } else if run.paused && resume {
-            Some(false)
-        } else {
-            None
-        };
-        let Some(paused) = change else { return };
+        let paused = run.circuit == Circuit::Open;
+        if paused == run.paused {
+            return;
+        }
         let partitions: Vec<i32> = run.assigned.iter().copied().collect();
         match consumer::pause(&self.consumer, &self.topic, &partitions, paused) {
             Ok(()) => {
                 run.paused = paused;
-                tracing::debug!(downlink = %self.name, paused, held = run.window.held(), "Kafka consumption paused or resumed");
+                tracing::info!(downlink = %self.name, paused, held = run.window.held(), "Kafka consumption paused or resumed");
             }
             Err(e) => {
                 tracing::warn!(downlink = %self.name, error = %e, "Cannot pause or resume the Kafka partitions")
@@ -316,6 +313,7 @@ impl Downlink {
         }
         match consumer::commit(&self.consumer, &self.topic, &positions, mode) {
             Ok(()) => {
+                tracing::debug!(downlink = %self.name, ?positions, "Committing offsets");
                 for (p, position) in positions {
                     run.window.committed(p, position);
                 }

@@ -94,7 +94,7 @@ impl DownlinkStats {
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Relaxed);
     }
-    /// Consumption of every assigned partition is paused (true) or running.
+    /// Every assigned partition is paused (the breaker is open) or consumed.
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Relaxed);
     }

@@ -319,7 +319,7 @@ fn downlinks(o: &mut Out, s: &Snapshot) {
         (
             "sensorgate_downlink_paused",
             "gauge",
-            "1 while consumption of the downlink's partitions is paused.",
+            "1 while the downlink's partitions are paused (breaker open: nothing is fetched).",
             |d| u64::from(d.paused),
         ),
         (
