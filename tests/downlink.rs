@@ -72,6 +72,11 @@ async fn a_thousand_commands_reach_ten_devices_once_each_in_order() {
     let config = write_downlink_config(dir.path(), &mqtt.url(), &bootstrap, "", "");
     let devices = Devices::start(mqtt.port, "devices-order").await;
     let gateway = start(&config).await;
+    // The assignment is seen before any command arrives: the lag of every partition is known.
+    wait_for(LONG, "the lag of the assigned partitions", || {
+        downlink(&gateway).lag.len() == 4
+    })
+    .await;
 
     let mut next = BTreeMap::new();
     let records = commands(10, 1000, &mut next);

@@ -169,6 +169,9 @@ impl Downlink {
     /// Everything that follows an event: connect when due, time out acknowledgements, publish,
     /// pause or resume, commit, fetch the lag, update the gauges.
     async fn pump(&mut self, run: &mut Run) -> Result<(), DownlinkError> {
+        // An assignment without messages (an empty topic) must still be seen: the lag of the
+        // new partitions is fetched, and they are paused if the breaker is open.
+        self.rebalanced(run);
         let now = Instant::now();
         if run.link.is_none() && run.connect_at.is_some_and(|at| at <= now) {
             if run.circuit == Circuit::Open {
