@@ -500,6 +500,7 @@ fn main() -> ExitCode {
                 until,
                 seed,
                 commands: commands.then_some(command_topic),
+                expect_commands: None,
             };
             match run_tool(|stop| async move {
                 cli::simulate::run(&options, &mut std::io::stdout(), stop).await

@@ -33,6 +33,7 @@ fn simulate_options(url: &str, devices: u32, count: u64, invalid_ratio: f64) -> 
         until: Until::Count(count),
         seed: Some(42),
         commands: None,
+        expect_commands: None,
     }
 }
 

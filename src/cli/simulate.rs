@@ -128,6 +128,9 @@ pub struct SimulateOptions {
     /// Subscribe each device to this command topic (`{device_id}` is replaced by its id) and
     /// count the commands it receives (MQTT only).
     pub commands: Option<String>,
+    /// With `commands`: once the readings are acknowledged, keep listening until this many
+    /// commands arrived (at most the drain grace of 30 s), so none in flight is missed.
+    pub expect_commands: Option<u64>,
 }
 
 /// The topic a command for device `id` arrives on, from a `--command-topic` template.
@@ -645,6 +648,7 @@ async fn poll_events(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if let Some(i) = commands.topics.get(&publish.topic) {
                     commands.received[*i].fetch_add(1, Ordering::Relaxed);
+                    acks.notify.notify_one();
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
@@ -747,15 +751,16 @@ async fn run_mqtt(
     let mut drain_deadline: Option<Instant> = None;
     let mut failure: Option<SimulateError> = None;
 
+    let expected = options.expect_commands.filter(|_| listen).unwrap_or(0);
     loop {
         let sent = progress.sent.load(Ordering::Relaxed);
         let acked = acks.count.load(Ordering::Relaxed);
-        if finished.is_some() && acked >= sent {
+        if finished.is_some() && acked >= sent && commands.total() >= expected {
             break;
         }
         let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + DRAIN_GRACE);
         tokio::select! {
-            // A PUBACK arrived while draining: check again.
+            // A PUBACK or a command arrived while draining: check again.
             _ = acks.notify.notified(), if finished.is_some() => {}
             joined = &mut generator, if finished.is_none() => {
                 finished = Some(joined.map_err(|e| SimulateError::Task(e.to_string()))??.0);
@@ -778,7 +783,7 @@ async fn run_mqtt(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if drain_deadline.is_some() => {
-                tracing::warn!(acked, sent, "Gave up waiting for the broker to acknowledge every reading");
+                tracing::warn!(acked, sent, commands = commands.total(), expected, "Gave up waiting for the broker to acknowledge every reading and for the expected commands");
                 break;
             }
         }
