@@ -180,6 +180,23 @@ async fn a_broker_outage_pauses_consumption_and_loses_no_command() {
         retries >= 2,
         "the gateway kept retrying with backoff ({retries})"
     );
+    // The operator sees it: `queue stats` (through the daemon) and systemd's STATUS= line.
+    let mut stats = Vec::new();
+    sensorgate::cli::queue::stats(&Config::load(&config).unwrap(), false, &mut stats)
+        .await
+        .unwrap();
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(
+        stats.contains("downlink commands:") && stats.contains("MQTT down (consumption paused)"),
+        "{stats}"
+    );
+    let lag = downlink(&gateway).lag_total();
+    assert!(
+        stats.contains(&format!("consumer lag:      {lag} (")),
+        "{stats}"
+    );
+    let status = sensorgate::telemetry::notify::status_line(gateway.stats(), gateway.outbox());
+    assert!(status.contains("downlink commands MQTT down"), "{status}");
 
     tokio::task::block_in_place(|| mqtt.restart());
     let down_for = stopped.elapsed();
