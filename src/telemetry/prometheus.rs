@@ -264,6 +264,14 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
     o.0
 }
 
+/// A per-downlink family: name, type, help, and its value in a snapshot.
+type DownlinkFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&DownlinkSnapshot) -> u64,
+);
+
 /// The downlinks' families (none when no downlink is configured).
 fn downlinks(o: &mut Out, s: &Snapshot) {
     if s.downlinks.is_empty() {
@@ -297,7 +305,7 @@ fn downlinks(o: &mut Out, s: &Snapshot) {
             );
         }
     }
-    let per_downlink: [(&str, &str, &str, fn(&DownlinkSnapshot) -> u64); 5] = [
+    let per_downlink: [DownlinkFamily; 5] = [
         (
             "sensorgate_downlink_retries_total",
             "counter",
