@@ -476,6 +476,37 @@ async fn invalid_untargetable_and_expired_commands_are_dead_letters_and_the_othe
         .origin
         .to_string()
         .starts_with("kafka:devices.commands.test-gw/")));
+    // What the operator types: `dlq list --source commands` and `dlq show ID`.
+    let cli_filter = Filter {
+        source: Some("commands".into()),
+        ..Filter::default()
+    };
+    let mut listed = Vec::new();
+    sensorgate::cli::dlq::list(&loaded, cli_filter, false, &mut listed)
+        .await
+        .unwrap();
+    let listed = String::from_utf8(listed).unwrap();
+    assert!(listed.contains("4 dead letter(s)"), "{listed}");
+    for reason in ["not-json", "schema", "no-target", "expired"] {
+        let line = listed.lines().find(|l| l.contains(reason)).unwrap_or("");
+        assert!(
+            line.contains("commands") && line.contains("kafka:devices.commands.test-gw/"),
+            "{reason}: {listed}"
+        );
+    }
+    let mut shown = Vec::new();
+    sensorgate::cli::dlq::show(&loaded, stored[2].id, false, &mut shown)
+        .await
+        .unwrap();
+    let shown = String::from_utf8(shown).unwrap();
+    for needle in [
+        "reason:      no-target",
+        "source:      commands",
+        "kafka topic: devices.commands.test-gw.DLQ",
+        r#"{"seq":3,"action":"set"}"#,
+    ] {
+        assert!(shown.contains(needle), "`{needle}` missing from:\n{shown}");
+    }
     let d = downlink(&gateway);
     assert_eq!(
         [
@@ -518,11 +549,20 @@ async fn invalid_untargetable_and_expired_commands_are_dead_letters_and_the_othe
     let fixed = COMMAND_SCHEMA.replace(r#""calibrate"]"#, r#""calibrate", "fly"]"#);
     std::fs::write(dir.path().join("schemas/command.v1.json"), fixed).unwrap();
     let gateway = start(&config).await;
-    let report = replay(vec![ids[1]]).await;
-    assert_eq!(report.moved.len(), 1, "{report:?}");
-    assert_eq!(
-        report.moved[0].mqtt_topic.as_deref(),
-        Some("devices/dev-01/commands")
+    // `dlq replay ID`: through the running downlink, to the device.
+    let mut replayed = Vec::new();
+    let status =
+        sensorgate::cli::dlq::replay(&loaded, Selection::Ids(vec![ids[1]]), false, &mut replayed)
+            .await
+            .unwrap();
+    let replayed = String::from_utf8(replayed).unwrap();
+    assert_eq!(status, sensorgate::cli::Status::Ok, "{replayed}");
+    assert!(
+        replayed.contains(&format!(
+            "moved   {} -> delivered through its downlink, MQTT topic devices/dev-01/commands",
+            ids[1]
+        )),
+        "{replayed}"
     );
     wait_for(LONG, "the replayed command at the device", || {
         devices.total() >= 4
