@@ -357,6 +357,20 @@ impl Downlink {
     async fn on_message(&mut self, run: &mut Run, message: &BorrowedMessage<'_>) {
         let partition = message.partition();
         let offset = message.offset();
+        // Offsets the consumer jumped over were never seen: a transaction marker (one offset),
+        // or commands that Kafka's retention deleted before they were consumed (librdkafka
+        // then restarts at the earliest offset left).
+        if let Some(expected) = run.window.next_offset(partition) {
+            if offset > expected + 1 {
+                tracing::warn!(
+                    downlink = %self.name, partition, from = expected, to = offset - 1,
+                    skipped = offset - expected,
+                    "Kafka offsets skipped: commands deleted by the topic's retention before the gateway consumed them, or aborted transactions"
+                );
+            } else if offset > expected {
+                tracing::debug!(downlink = %self.name, partition, offset = expected, "Kafka offset skipped (a transaction marker)");
+            }
+        }
         let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
         let (topic, expires_at_ms, verdict) = match self.rules.check(&payload) {
             Ok(target) => (target.topic, target.expires_at_ms, None),

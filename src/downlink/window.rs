@@ -207,6 +207,11 @@ impl Window {
         Some((id, ticket))
     }
 
+    /// The offset that should come next from `partition`: one past the last one taken.
+    pub fn next_offset(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition)?.last_taken.map(|o| o + 1)
+    }
+
     /// The next command to publish, taken off the ready queue.
     pub fn next_ready(&mut self) -> Option<SlotId> {
         self.ready.pop_front()
@@ -541,6 +546,8 @@ mod tests {
         assert!(w.take(cmd(0, 5), Stage::Ready).is_none());
         assert!(w.take(cmd(0, 4), Stage::Ready).is_none());
         assert!(w.take(cmd(0, 6), Stage::Ready).is_some());
+        assert_eq!(w.next_offset(0), Some(7));
+        assert_eq!(w.next_offset(1), None);
         assert!(w.take(cmd(1, 0), Stage::Ready).is_some());
     }
 
