@@ -35,6 +35,16 @@ async fn start(config: &std::path::Path) -> Handle {
     gateway
 }
 
+/// Turns on the metrics endpoint of the config at `config` on a free port, and returns it.
+fn serve_metrics(config: &std::path::Path) -> u16 {
+    let port = free_port();
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(config, text).unwrap();
+    port
+}
+
 /// `n` commands round-robin over `devices` devices, numbered per device from `first[device]`.
 fn commands(devices: usize, n: usize, next: &mut BTreeMap<String, u64>) -> Vec<(String, Vec<u8>)> {
     (0..n)
@@ -223,6 +233,135 @@ async fn a_broker_outage_pauses_consumption_and_loses_no_command() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_12_mib_behind_a_broker_outage_does_not_grow_the_gateways_memory() {
+    let mut mqtt = Mosquitto::start();
+    let kafka = kafka(&[COMMANDS_TOPIC, DLQ_TOPIC]);
+    let bootstrap = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_downlink_config(dir.path(), &mqtt.url(), &bootstrap, "", "");
+    let metrics = serve_metrics(&config);
+    let log = dir.path().join("gateway.log");
+    // As the systemd unit runs it.
+    let gateway = GatewayProcess::spawn(
+        &config,
+        &log,
+        &[("RUST_LOG", "info"), ("MALLOC_ARENA_MAX", "2")],
+    );
+    let downlink = Some(("downlink", "commands"));
+    let gauge = |name: &str| metric(&scrape(metrics), name, downlink);
+    let lag = || metric_sum(&scrape(metrics), "sensorgate_downlink_consumer_lag");
+    let delivered = || {
+        metric(
+            &scrape(metrics),
+            "sensorgate_downlink_commands_total",
+            Some(("result", "delivered")),
+        )
+    };
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the downlink up with its partitions", || {
+            std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok()
+                && gauge("sensorgate_downlink_up") == 1.0
+                && lag() == 0.0
+                && scrape(metrics)
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == "sensorgate_downlink_consumer_lag")
+        })
+    });
+    // Warm up: 1,000 commands of 1 KiB delivered, so the baseline has every buffer in use.
+    let padded = |device: &str, seq: u64| {
+        format!(
+            r#"{{"device_id":"{device}","seq":{seq},"action":"set","pad":"{}"}}"#,
+            "x".repeat(1000)
+        )
+        .into_bytes()
+    };
+    let batch = |from: u64, n: u64| -> Vec<(String, Vec<u8>)> {
+        (from..from + n)
+            .map(|seq| {
+                // A hundred keys spread the commands evenly over the partitions.
+                let device = format!("dev-{:03}", seq % 100);
+                let payload = padded(&device, seq);
+                (device, payload)
+            })
+            .collect()
+    };
+    let producer = Producer::new(&bootstrap);
+    producer.send(COMMANDS_TOPIC, &batch(0, 1000)).await;
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the warm-up commands delivered", || {
+            delivered() >= 1000.0 && lag() == 0.0
+        })
+    });
+    let before = gateway.usage();
+
+    // The broker goes away; 12,000 commands (12 MiB) pile up in Kafka. (The mock cluster keeps
+    // at most 5 MiB per partition: beyond that it deletes the oldest, as retention would.)
+    tokio::task::block_in_place(|| mqtt.stop());
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the breaker open", || {
+            gauge("sensorgate_downlink_circuit_open") == 1.0
+        })
+    });
+    const BACKLOG: u64 = 12_000;
+    for chunk in 0..BACKLOG / 4000 {
+        producer
+            .send(COMMANDS_TOPIC, &batch(1000 + chunk * 4000, 4000))
+            .await;
+    }
+    let mut peak_rss = 0;
+    let mut max_held = 0.0f64;
+    let mut paused = true;
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the lag to show the backlog", || {
+            peak_rss = peak_rss.max(gateway.usage().rss_kib);
+            max_held = max_held.max(gauge("sensorgate_downlink_held_commands"));
+            lag() >= BACKLOG as f64
+        })
+    });
+    // A hundred more samples with the backlog waiting: still paused, memory flat.
+    let mut samples = 0;
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "100 samples of the waiting gateway", || {
+            peak_rss = peak_rss.max(gateway.usage().rss_kib);
+            max_held = max_held.max(gauge("sensorgate_downlink_held_commands"));
+            paused &= gauge("sensorgate_downlink_paused") == 1.0;
+            samples += 1;
+            samples >= 100
+        })
+    });
+    let grown_kib = peak_rss.saturating_sub(before.rss_kib);
+    eprintln!(
+        "backlog test: {BACKLOG} commands of 1 KiB waiting behind the outage: RSS {} KiB before, \
+         peak {peak_rss} KiB during (+{grown_kib} KiB), held at most {max_held}, lag {}",
+        before.rss_kib,
+        lag()
+    );
+    // 12 MiB waiting in Kafka; what the gateway may take is its window (100 commands) and
+    // librdkafka's prefetch (1 MiB): a generous bound that taking the backlog would break.
+    assert!(
+        grown_kib < 6 << 10,
+        "the gateway grew by {grown_kib} KiB while {BACKLOG} commands waited in Kafka"
+    );
+    assert!(max_held <= 100.0, "held {max_held} > max_in_flight");
+    assert!(paused, "the partitions stayed paused");
+
+    // The broker is back: the backlog drains.
+    tokio::task::block_in_place(|| mqtt.restart());
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the backlog delivered", || {
+            delivered() >= (1000 + BACKLOG) as f64 && lag() == 0.0
+        })
+    });
+    assert_eq!(
+        gateway.log_count("Kafka offsets skipped"),
+        0,
+        "no command was deleted by the mock cluster before it was consumed"
+    );
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_twice_mid_stream_delivers_every_command_at_least_once() {
     let mqtt = Mosquitto::start();
     // The gateway reaches the broker through a proxy that can swallow traffic: the second kill
@@ -233,12 +372,7 @@ async fn sigkill_twice_mid_stream_delivers_every_command_at_least_once() {
     let bootstrap = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let config = write_downlink_config(dir.path(), &proxy.url(), &bootstrap, "", "");
-    let metrics = free_port();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "listen = \"\"",
-        &format!("listen = \"127.0.0.1:{metrics}\""),
-    );
-    std::fs::write(&config, text).unwrap();
+    let metrics = serve_metrics(&config);
     let log = dir.path().join("gateway.log");
     let devices = Devices::start(mqtt.port, "devices-crash").await;
     let env = [("RUST_LOG", "info")];
