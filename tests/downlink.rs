@@ -1,8 +1,10 @@
 //! The downlink end to end: commands produced into librdkafka's mock cluster, consumed by the
 //! gateway and published to a real mosquitto, received by devices subscribed there. In order and
 //! once when nothing fails; nothing lost across a broker outage (consumption paused meanwhile)
-//! or two SIGKILLs of the gateway (offsets never ahead of what the broker acknowledged); invalid,
-//! untargetable and expired commands dead-lettered with their reason, the others delivered.
+//! or two SIGKILLs of the gateway (offsets never ahead of what the broker acknowledged); the
+//! gateway process's memory flat with a backlog waiting behind an outage; commands that Kafka
+//! deleted before they were consumed reported; invalid, untargetable and expired commands
+//! dead-lettered with their reason, the others delivered.
 
 mod common;
 
@@ -43,6 +45,85 @@ fn serve_metrics(config: &std::path::Path) -> u16 {
         .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(config, text).unwrap();
     port
+}
+
+/// The gateway as a process (as the systemd unit runs it), with its metrics endpoint.
+struct Watched {
+    gateway: GatewayProcess,
+    metrics: u16,
+}
+
+impl Watched {
+    /// Starts it on a downlink config in `dir` and waits until the downlink is up with its
+    /// partitions assigned.
+    fn spawn(dir: &std::path::Path, mqtt_url: &str, bootstrap: &str) -> Self {
+        let config = write_downlink_config(dir, mqtt_url, bootstrap, "", "");
+        let metrics = serve_metrics(&config);
+        let gateway = GatewayProcess::spawn(
+            &config,
+            &dir.join("gateway.log"),
+            &[("RUST_LOG", "info"), ("MALLOC_ARENA_MAX", "2")],
+        );
+        let watched = Self { gateway, metrics };
+        tokio::task::block_in_place(|| {
+            wait_until(LONG, "the downlink up with its partitions", || {
+                std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok()
+                    && watched.gauge("sensorgate_downlink_up") == 1.0
+                    && scrape(metrics)
+                        .samples
+                        .iter()
+                        .any(|s| s.metric == "sensorgate_downlink_consumer_lag")
+            })
+        });
+        watched
+    }
+
+    /// A per-downlink gauge of downlink `commands`.
+    fn gauge(&self, name: &str) -> f64 {
+        metric(&scrape(self.metrics), name, Some(("downlink", "commands")))
+    }
+
+    /// The consumer lag over every partition.
+    fn lag(&self) -> f64 {
+        metric_sum(&scrape(self.metrics), "sensorgate_downlink_consumer_lag")
+    }
+
+    /// Commands the broker acknowledged.
+    fn delivered(&self) -> f64 {
+        metric(
+            &scrape(self.metrics),
+            "sensorgate_downlink_commands_total",
+            Some(("result", "delivered")),
+        )
+    }
+}
+
+/// `text` without the terminal colour codes of the log.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A command of about 1 KiB, keyed by its device.
+fn padded(device: &str, seq: u64) -> (String, Vec<u8>) {
+    let payload = format!(
+        r#"{{"device_id":"{device}","seq":{seq},"action":"set","pad":"{}"}}"#,
+        "x".repeat(1000)
+    );
+    (device.to_owned(), payload.into_bytes())
 }
 
 /// `n` commands round-robin over `devices` devices, numbered per device from `first[device]`.
@@ -238,52 +319,18 @@ async fn a_backlog_of_12_mib_behind_a_broker_outage_does_not_grow_the_gateways_m
     let kafka = kafka(&[COMMANDS_TOPIC, DLQ_TOPIC]);
     let bootstrap = kafka.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_downlink_config(dir.path(), &mqtt.url(), &bootstrap, "", "");
-    let metrics = serve_metrics(&config);
-    let log = dir.path().join("gateway.log");
-    // As the systemd unit runs it.
-    let gateway = GatewayProcess::spawn(
-        &config,
-        &log,
-        &[("RUST_LOG", "info"), ("MALLOC_ARENA_MAX", "2")],
+    let watched = Watched::spawn(dir.path(), &mqtt.url(), &bootstrap);
+    let Watched { gateway, .. } = &watched;
+    let (gauge, lag, delivered) = (
+        |name: &str| watched.gauge(name),
+        || watched.lag(),
+        || watched.delivered(),
     );
-    let downlink = Some(("downlink", "commands"));
-    let gauge = |name: &str| metric(&scrape(metrics), name, downlink);
-    let lag = || metric_sum(&scrape(metrics), "sensorgate_downlink_consumer_lag");
-    let delivered = || {
-        metric(
-            &scrape(metrics),
-            "sensorgate_downlink_commands_total",
-            Some(("result", "delivered")),
-        )
-    };
-    tokio::task::block_in_place(|| {
-        wait_until(LONG, "the downlink up with its partitions", || {
-            std::net::TcpStream::connect(("127.0.0.1", metrics)).is_ok()
-                && gauge("sensorgate_downlink_up") == 1.0
-                && lag() == 0.0
-                && scrape(metrics)
-                    .samples
-                    .iter()
-                    .any(|s| s.metric == "sensorgate_downlink_consumer_lag")
-        })
-    });
     // Warm up: 1,000 commands of 1 KiB delivered, so the baseline has every buffer in use.
-    let padded = |device: &str, seq: u64| {
-        format!(
-            r#"{{"device_id":"{device}","seq":{seq},"action":"set","pad":"{}"}}"#,
-            "x".repeat(1000)
-        )
-        .into_bytes()
-    };
+    // A hundred keys spread the commands evenly over the partitions.
     let batch = |from: u64, n: u64| -> Vec<(String, Vec<u8>)> {
         (from..from + n)
-            .map(|seq| {
-                // A hundred keys spread the commands evenly over the partitions.
-                let device = format!("dev-{:03}", seq % 100);
-                let payload = padded(&device, seq);
-                (device, payload)
-            })
+            .map(|seq| padded(&format!("dev-{:03}", seq % 100), seq))
             .collect()
     };
     let producer = Producer::new(&bootstrap);
@@ -358,7 +405,88 @@ async fn a_backlog_of_12_mib_behind_a_broker_outage_does_not_grow_the_gateways_m
         0,
         "no command was deleted by the mock cluster before it was consumed"
     );
-    drop(gateway);
+    drop(watched);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_retention_deleted_before_consumption_are_reported() {
+    let mut mqtt = Mosquitto::start();
+    let kafka = kafka(&[COMMANDS_TOPIC, DLQ_TOPIC]);
+    let bootstrap = kafka.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let watched = Watched::spawn(dir.path(), &mqtt.url(), &bootstrap);
+    let producer = Producer::new(&bootstrap);
+    // One device, one partition: a first command delivered, then the broker goes away.
+    let (partition, first) = producer.send(COMMANDS_TOPIC, &[padded("dev-1", 0)]).await[0];
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the first command delivered", || {
+            watched.delivered() == 1.0 && watched.lag() == 0.0
+        })
+    });
+    tokio::task::block_in_place(|| mqtt.stop());
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the breaker open", || {
+            watched.gauge("sensorgate_downlink_circuit_open") == 1.0
+        })
+    });
+    // 8 MiB for that partition: the mock cluster keeps 5 MiB of it and deletes the oldest,
+    // as a topic's retention would while the gateway waits.
+    let backlog: Vec<_> = (1..=8000).map(|seq| padded("dev-1", seq)).collect();
+    for chunk in backlog.chunks(2000) {
+        producer.send(COMMANDS_TOPIC, chunk).await;
+    }
+    let (low, high) = tokio::task::block_in_place(|| {
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            COMMANDS_TOPIC,
+            partition,
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    });
+    assert!(
+        low > first + 1,
+        "the mock cluster deleted commands (low watermark {low})"
+    );
+
+    // The broker is back: what is left is delivered, and the gap is in the log.
+    tokio::task::block_in_place(|| mqtt.restart());
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "what is left delivered", || {
+            watched.delivered() >= (1 + high - low) as f64 && watched.lag() == 0.0
+        })
+    });
+    let log = strip_ansi(&watched.gateway.log_text());
+    let warning = log
+        .lines()
+        .find(|l| l.contains("Kafka offsets skipped"))
+        .unwrap_or_else(|| panic!("no warning about the skipped offsets:\n{log}"));
+    // Fields of the warning, e.g. `partition=2 from=1 to=3866 skipped=3866`.
+    let field = |name: &str| -> i64 {
+        let value = warning
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in: {warning}"));
+        value.parse().unwrap()
+    };
+    assert_eq!(field("partition"), i64::from(partition), "{warning}");
+    assert_eq!(
+        field("from"),
+        first + 1,
+        "the gap starts after the delivered command"
+    );
+    // It reaches at least the low watermark read after the backlog was produced.
+    assert!(field("to") + 1 >= low, "low watermark {low}: {warning}");
+    assert_eq!(
+        field("skipped"),
+        field("to") - field("from") + 1,
+        "{warning}"
+    );
+    eprintln!("retention test: low watermark {low} after the backlog; {warning}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
