@@ -26,10 +26,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::{Config, ConfigError, WhenFull};
 use crate::dlq::DlqError;
+use crate::downlink::replay::{self as downlink_replay, Replayer};
 use crate::outbox::committer::{self, AckSinks, Committer, Handoff, Replay, Submitter};
 use crate::outbox::{Outbox, OutboxError, QueueStats};
 use crate::pipeline::{Classifier, Rules, RulesError};
 use crate::record::{Meta, Reason, Record, Violation};
+use crate::telemetry::downlink::DownlinkSnapshot;
 use crate::telemetry::Stats;
 
 /// Longest request or response line accepted (a full export can be large).
@@ -220,13 +222,17 @@ impl DeadLetter {
     }
 }
 
-/// A dead letter that moved to the outbox.
+/// A dead letter that moved to the outbox, or (a downlink's command) was delivered through its
+/// downlink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Moved {
     /// Its id in the local store (now gone).
     pub id: u64,
-    /// The topic it is bound for now.
+    /// The topic it is bound for now (empty for a downlink's command).
     pub kafka_topic: String,
+    /// A downlink's command: the MQTT topic whose broker acknowledged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_topic: Option<String>,
 }
 
 /// A dead letter that still fails and stays.
@@ -282,6 +288,9 @@ pub struct QueueReport {
     pub kafka: Option<KafkaState>,
     /// Dead letters evicted by retention since the daemon started (daemon only).
     pub dlq_evicted: Option<u64>,
+    /// Each downlink's state and counters, by name (daemon only).
+    #[serde(default)]
+    pub downlinks: BTreeMap<String, DownlinkSnapshot>,
 }
 
 /// The answer to a [`Request`].
@@ -319,6 +328,7 @@ pub struct Backend {
     daemon_stats: Option<Arc<Stats>>,
     submit: std::sync::Mutex<Option<Submitter>>,
     policy: WhenFull,
+    downlinks: Replayer,
 }
 
 /// Most dead letters replayed in one commit.
@@ -338,7 +348,14 @@ impl Backend {
             classifier: Ok(classifier),
             daemon_stats: Some(stats),
             submit: std::sync::Mutex::new(Some(submit)),
+            downlinks: Replayer::default(),
         }
+    }
+
+    /// Replays of downlink dead letters go through `downlinks` (the daemon's running tasks).
+    pub fn with_downlinks(mut self, downlinks: Replayer) -> Self {
+        self.downlinks = downlinks;
+        self
     }
 
     /// Opens the state directory directly, with a committer of its own for replays. Routes and
@@ -374,6 +391,7 @@ impl Backend {
             classifier,
             daemon_stats: None,
             submit: std::sync::Mutex::new(Some(submit)),
+            downlinks: Replayer::direct(config.clone()),
         })
     }
 
@@ -473,6 +491,10 @@ impl Backend {
         let mut chunk: Vec<(u64, Record)> = Vec::new();
         for record in records {
             let id = record.meta.dead_letter.as_ref().map_or(0, |d| d.id);
+            if downlink_replay::is_command(&record) {
+                self.replay_command(id, &record, &mut report).await?;
+                continue;
+            }
             match self.fresh(&record)? {
                 Ok(again) => chunk.push((id, again)),
                 Err(failing) => report.failed.push(failing),
@@ -484,6 +506,35 @@ impl Backend {
         }
         self.requeue(chunk, &mut report).await?;
         Ok(report)
+    }
+
+    /// Sends a downlink's dead letter again through its downlink (checked again with its
+    /// rules); removes it from the store once the MQTT broker acknowledged it.
+    async fn replay_command(
+        &self,
+        id: u64,
+        record: &Record,
+        report: &mut ReplayReport,
+    ) -> Result<(), AdminError> {
+        match self.downlinks.replay(record).await {
+            Ok(topic) => {
+                self.outbox.dlq().remove(&[id])?;
+                self.outbox.dlq().sync()?;
+                report.moved.push(Moved {
+                    id,
+                    kafka_topic: String::new(),
+                    mqtt_topic: Some(topic),
+                });
+            }
+            Err((reason, errors)) => report.failed.push(StillFailing {
+                id,
+                reason: reason
+                    .or(record.meta.dead_letter.as_ref().map(|d| d.reason))
+                    .unwrap_or(Reason::Schema),
+                errors,
+            }),
+        }
+        Ok(())
     }
 
     /// Hands replayed records to the committer and waits until they are durable in the outbox
@@ -523,6 +574,7 @@ impl Backend {
             .map(|(id, r)| Moved {
                 id: *id,
                 kafka_topic: r.meta.kafka_topic.to_string(),
+                mqtt_topic: None,
             })
             .collect();
         let (done, answer) = tokio::sync::oneshot::channel();
@@ -564,7 +616,8 @@ impl Backend {
                 circuit_open: s.circuit_open,
                 last_delivery_ms: (s.last_delivery_ms > 0).then_some(s.last_delivery_ms),
             }),
-            dlq_evicted: snapshot.map(|s| s.dlq_evicted),
+            dlq_evicted: snapshot.as_ref().map(|s| s.dlq_evicted),
+            downlinks: snapshot.map(|s| s.downlinks).unwrap_or_default(),
         })
     }
 }
@@ -674,7 +727,8 @@ mod tests {
             report.moved,
             vec![Moved {
                 id: 7,
-                kafka_topic: "readings".into()
+                kafka_topic: "readings".into(),
+                mqtt_topic: None,
             }]
         );
         assert_eq!(report.missing, vec![999]);

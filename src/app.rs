@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError};
 use crate::config::{Config, ConfigError};
+use crate::downlink::{replay::Replayer, Downlink, DownlinkError};
 use crate::ingest::mqtt::{MqttError, MqttSource};
 use crate::ingest::serial::{SerialError, SerialSource};
 use crate::outbox::committer::{AckReceiver, AckSinks, Committer, Handoff, Submitter};
@@ -82,6 +83,9 @@ pub enum AppError {
     /// The admin socket cannot be served.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A downlink could not start or failed.
+    #[error(transparent)]
+    Downlink(#[from] DownlinkError),
     /// A task panicked or was aborted.
     #[error("task failed: {0}")]
     Task(String),
@@ -210,7 +214,13 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     publisher.create_producer()?;
     let mut sinks = AckSinks::default();
     let mqtt_sinks: Vec<_> = config.mqtt.iter().map(|_| sinks.register()).collect();
+    let downlink_sinks: Vec<_> = config.downlinks.iter().map(|_| sinks.register()).collect();
     let (committer, submit) = Committer::new(outbox.clone(), &config.queue, sinks, handoff.clone());
+    // Downlinks (commands from Kafka to devices): their dead letters go through the committer.
+    let downlinks = (downlink_sinks.into_iter().enumerate())
+        .map(|(i, sink)| Downlink::new(&config, i, submit.clone(), sink, &stats))
+        .collect::<Result<Vec<_>, _>>()?;
+    let replayer = Replayer::daemon(downlinks.iter().map(|d| (d.name().to_owned(), d.replays())));
 
     let metrics = if config.metrics.listen.is_empty() {
         None
@@ -248,12 +258,15 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     }
     tracing::info!(path = %admin_path.display(), "Serving the admin API");
     let admin_stop = CancellationToken::new();
-    let backend = Arc::new(admin::Backend::daemon(
-        outbox.clone(),
-        classifier.clone(),
-        stats.clone(),
-        submit.clone(),
-    ));
+    let backend = Arc::new(
+        admin::Backend::daemon(
+            outbox.clone(),
+            classifier.clone(),
+            stats.clone(),
+            submit.clone(),
+        )
+        .with_downlinks(replayer),
+    );
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         admin_path,
@@ -268,6 +281,7 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         publisher,
         handoff,
         admin: (admin_task, admin_stop, backend),
+        downlinks,
     };
     let supervisor = tokio::spawn(supervise(
         config,
@@ -319,6 +333,7 @@ struct Tasks {
         CancellationToken,
         Arc<admin::Backend>,
     ),
+    downlinks: Vec<Downlink>,
 }
 
 async fn supervise(
@@ -336,6 +351,7 @@ async fn supervise(
         publisher,
         handoff,
         admin,
+        downlinks,
     } = tasks;
     let ingest_stop = CancellationToken::new();
     let publish_stop = CancellationToken::new();
@@ -382,6 +398,11 @@ async fn supervise(
                 }),
             }
         });
+    }
+    // Downlinks stop with the sources: they hold a submitter for their dead letters.
+    for downlink in downlinks {
+        let token = ingest_stop.clone();
+        sources.spawn(async move { downlink.run(token).await.map_err(AppError::from) });
     }
     drop(submit);
     // The publisher thread beats once it runs; until then it counts as alive.

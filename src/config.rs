@@ -13,6 +13,7 @@
 //! directory that holds the configuration file, so a config and its schemas can travel together.
 
 mod dlq;
+mod downlink;
 mod gateway;
 mod kafka;
 mod metrics;
@@ -32,6 +33,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use dlq::DlqConfig;
+pub use downlink::{
+    DownlinkConfig, TemplateError, TopicTemplate, GATEWAY_PLACEHOLDER, MAX_IN_FLIGHT_LIMIT,
+};
 pub use gateway::GatewayConfig;
 pub use kafka::{Compression, KafkaConfig, PropertyValue};
 pub use metrics::MetricsConfig;
@@ -74,6 +78,9 @@ pub struct Config {
     /// Routes from sources to schemas and topics, tried in order.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Commands from Kafka to devices over MQTT.
+    #[serde(default, rename = "downlink")]
+    pub downlinks: Vec<DownlinkConfig>,
     /// The HTTP endpoint for metrics and health.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -232,6 +239,17 @@ impl Config {
             };
             problems.extend(within(&format!("route[{i}]"), route.check(source)));
         }
+
+        for (i, downlink) in self.downlinks.iter().enumerate() {
+            let checked = downlink.check(&self.gateway.id, &self.kafka.dlq_suffix);
+            problems.extend(within(&format!("downlink[{i}]"), checked));
+        }
+        problems.extend(downlink::check_all(
+            &self.downlinks,
+            &self.mqtt,
+            &names,
+            &self.gateway.id,
+        ));
         problems
     }
 }

@@ -8,6 +8,8 @@
 //! ingest/mqtt ───────────────┐
 //! ingest/serial (+ frame) ───┴► pipeline (route ─► validate) ─► outbox/committer ─► outbox ─► publish/kafka ─► Kafka
 //!                                        └── dead letters (record::Reason) ─► outbox (dlq tree + DLQ topic) ─┘
+//! Kafka ─► downlink (consumer ─► rules ─► window) ─► MQTT broker ─► devices
+//!                                  └── dead letters ─► outbox/committer (as above)
 //! ```
 //! - [`config`]: the TOML file, one file per section under `config/`, each with its struct and
 //!   its `check`; [`config::Config::problems`] reports every semantic error with its key. A leaf:
@@ -21,6 +23,9 @@
 //! - [`outbox`]: the sled-backed durable FIFO and local DLQ (invariants and on-disk format in its
 //!   module doc); [`outbox::committer`] group-commits and acknowledges.
 //! - [`publish`]: the Kafka producer loop, error classification, backoff and circuit breaker.
+//! - [`downlink`]: the other direction: commands consumed from Kafka (a consumer group, offsets
+//!   committed only after the MQTT broker acknowledged) and published to devices over MQTT;
+//!   invalid ones are dead letters through the committer like readings.
 //! - [`telemetry`]: every counter.
 //! - [`admin`]: the operator's API (`dlq`, `queue stats`): a Unix socket served by the daemon,
 //!   or the state directory opened directly when no daemon runs; one backend for both.
@@ -36,6 +41,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod downlink;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;

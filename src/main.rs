@@ -99,6 +99,18 @@ enum Command {
         /// Random seed, for a reproducible run.
         #[arg(long)]
         seed: Option<u64>,
+        /// Each device also subscribes to its command topic (QoS 1) and counts the commands it
+        /// receives (MQTT only).
+        #[arg(long, requires = "mqtt")]
+        commands: bool,
+        /// The command topic, `{device_id}` standing for each device's id.
+        #[arg(
+            long,
+            value_name = "T",
+            default_value = "devices/{device_id}/commands",
+            requires = "commands"
+        )]
+        command_topic: String,
     },
     /// The local dead-letter store (through the running daemon's admin socket, or the state
     /// directory when no daemon runs).
@@ -482,6 +494,8 @@ fn main() -> ExitCode {
             topic_prefix,
             client_id,
             seed,
+            commands,
+            command_topic,
         } => {
             logging::init("warn");
             let target = match (mqtt, serial) {
@@ -507,6 +521,8 @@ fn main() -> ExitCode {
                 invalid_ratio,
                 until,
                 seed,
+                commands: commands.then_some(command_topic),
+                expect_commands: None,
             };
             match run_tool(|stop| async move {
                 cli::simulate::run(&options, &mut std::io::stdout(), stop).await

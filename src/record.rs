@@ -22,6 +22,43 @@ pub enum Origin {
         /// The device path.
         port: String,
     },
+    /// A command consumed from Kafka by a downlink.
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The command's offset in it.
+        offset: i64,
+    },
+}
+
+impl Origin {
+    /// The origin's kind as it prefixes [`Origin`]'s text: `mqtt`, `serial` or `kafka`.
+    pub const fn scheme(&self) -> &'static str {
+        match self {
+            Self::Mqtt { .. } => "mqtt",
+            Self::Serial { .. } => "serial",
+            Self::Kafka { .. } => "kafka",
+        }
+    }
+
+    /// A Kafka origin as one string, `<topic>/<partition>@<offset>` (topic names cannot hold `/`
+    /// or `@`), and back with [`Origin::parse_kafka`].
+    pub fn kafka_text(topic: &str, partition: i32, offset: i64) -> String {
+        format!("{topic}/{partition}@{offset}")
+    }
+
+    /// Parses [`Origin::kafka_text`].
+    pub fn parse_kafka(text: &str) -> Option<Self> {
+        let (rest, offset) = text.rsplit_once('@')?;
+        let (topic, partition) = rest.rsplit_once('/')?;
+        Some(Self::Kafka {
+            topic: topic.to_owned(),
+            partition: partition.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
 }
 
 impl fmt::Display for Origin {
@@ -29,6 +66,11 @@ impl fmt::Display for Origin {
         match self {
             Self::Mqtt { topic } => write!(f, "mqtt:{topic}"),
             Self::Serial { port } => write!(f, "serial:{port}"),
+            Self::Kafka {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "kafka:{topic}/{partition}@{offset}"),
         }
     }
 }
@@ -64,11 +106,16 @@ pub enum Reason {
     FrameTooLong,
     /// A serial CSV line that does not fit the source's declared columns.
     BadCsv,
+    /// A downlink command whose topic template names no device (a pointer missing, not a
+    /// string, or not usable as one topic level).
+    NoTarget,
+    /// A downlink command past its `expires_at` when it would have been sent.
+    Expired,
 }
 
 impl Reason {
     /// Every reason, for counters.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 9] = [
         Self::NoRoute,
         Self::NotJson,
         Self::Schema,
@@ -76,6 +123,8 @@ impl Reason {
         Self::PublishRejected,
         Self::FrameTooLong,
         Self::BadCsv,
+        Self::NoTarget,
+        Self::Expired,
     ];
 
     /// The reason as it appears in headers, logs and the CLI.
@@ -88,6 +137,8 @@ impl Reason {
             Self::PublishRejected => "publish-rejected",
             Self::FrameTooLong => "frame-too-long",
             Self::BadCsv => "bad-csv",
+            Self::NoTarget => "no-target",
+            Self::Expired => "expired",
         }
     }
 }

@@ -65,7 +65,7 @@ impl Router {
                 && match (&r.filter, origin) {
                     (None, _) => true,
                     (Some(filter), Origin::Mqtt { topic }) => filter.matches(topic),
-                    (Some(_), Origin::Serial { .. }) => false,
+                    (Some(_), Origin::Serial { .. } | Origin::Kafka { .. }) => false,
                 }
         })
     }

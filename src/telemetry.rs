@@ -6,8 +6,10 @@
 //! - `http.rs` serves `/metrics`, `/healthz` and `/readyz`;
 //! - `notify.rs` speaks sd_notify (READY, STATUS, WATCHDOG, STOPPING) and runs the watchdog,
 //!   which pings only while the pipeline's tasks show progress;
-//! - `logging.rs` sends logs to the journal (structured fields) or to stderr.
+//! - `logging.rs` sends logs to the journal (structured fields) or to stderr;
+//! - `downlink.rs` holds the counters of each downlink (commands from Kafka to devices).
 
+pub mod downlink;
 pub mod http;
 pub mod logging;
 pub mod notify;
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::record::Reason;
+use downlink::{DownlinkSnapshot, DownlinkStats};
 
 /// Live counters, shared by every task.
 #[derive(Debug, Default)]
@@ -38,6 +41,7 @@ pub struct Stats {
     producer_restarts: AtomicU64,
     mqtt_reconnects: AtomicU64,
     serial: Mutex<BTreeMap<String, Arc<PortStats>>>,
+    downlinks: Mutex<BTreeMap<String, Arc<DownlinkStats>>>,
     kafka_down: AtomicBool,
     circuit_open: AtomicBool,
     last_delivery_ms: AtomicU64,
@@ -212,6 +216,8 @@ pub struct Snapshot {
     pub mqtt_reconnects: u64,
     /// Serial ports, by source name.
     pub serial: BTreeMap<String, PortSnapshot>,
+    /// Downlinks, by name.
+    pub downlinks: BTreeMap<String, DownlinkSnapshot>,
     /// Whether librdkafka currently reports every broker down.
     pub kafka_down: bool,
     /// Whether the publisher is waiting out a backoff (circuit open).
@@ -422,6 +428,15 @@ impl Stats {
             .or_default()
             .clone()
     }
+    /// The counters of downlink `name`, registered on first use.
+    pub fn downlink(&self, name: &str) -> Arc<DownlinkStats> {
+        self.downlinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
     /// librdkafka reported all brokers down (true) or a delivery succeeded (false).
     pub fn set_kafka_down(&self, down: bool) {
         self.kafka_down.store(down, Relaxed);
@@ -480,6 +495,13 @@ impl Stats {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .map(|(name, port)| (name.clone(), port.snapshot()))
+                .collect(),
+            downlinks: self
+                .downlinks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(name, d)| (name.clone(), d.snapshot()))
                 .collect(),
             kafka_down: self.kafka_down.load(Relaxed),
             circuit_open: self.circuit_open.load(Relaxed),

@@ -132,6 +132,45 @@ topics = ["other/#"]
 }
 
 #[test]
+fn check_config_checks_the_downlink_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_downlink_config(
+        dir.path(),
+        "mqtt://127.0.0.1:1883",
+        "127.0.0.1:9092",
+        "",
+        "",
+    );
+    let out = sensorgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 downlink(s)"), "{}", text(&out));
+
+    // An unknown MQTT source, a template without a JSON Pointer, a schema that is not there.
+    let body = std::fs::read_to_string(&path).unwrap()
+        + r#"
+[[downlink]]
+name = "firmware"
+kafka_topic = "devices.firmware.{gateway}"
+mqtt = "nowhere"
+topic_template = "devices/{device_id}/firmware"
+schema = "missing-command.json"
+"#;
+    std::fs::write(&path, body).unwrap();
+    let out = sensorgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let msg = text(&out);
+    let file = path.display();
+    for needle in [
+        format!("{file}: downlink[1].mqtt: `nowhere` is not the name of any [[mqtt]] source"),
+        format!("{file}: downlink[1].topic_template: "),
+        format!("{file}: downlink schema: "),
+        "missing-command.json".to_owned(),
+    ] {
+        assert!(msg.contains(&needle), "`{needle}` missing from:\n{msg}");
+    }
+}
+
+#[test]
 fn check_config_reports_unknown_librdkafka_properties() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_in(dir.path());

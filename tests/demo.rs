@@ -1,11 +1,14 @@
 //! `sensorgate demo` in process, shortened: every count of the summary must agree with the
-//! others and with what a consumer read back from Kafka. And the demo's broker helper, which the
-//! Debian package ships because its daemon is built without the broker.
+//! others and with what a consumer read back from Kafka, both ways (readings to Kafka, commands
+//! from Kafka to the simulated devices). And the demo's broker helper, which the Debian package
+//! ships because its daemon is built without the broker.
 
 use std::time::Duration;
 
+use sensorgate::cli::demo::commands::PER_DEVICE;
 use sensorgate::cli::demo::{
-    self, DemoOptions, READINGS_DLQ_TOPIC, READINGS_TOPIC, STATUS_MESSAGES, UNROUTED_DLQ_TOPIC,
+    self, DemoOptions, COMMANDS_DLQ_TOPIC, READINGS_DLQ_TOPIC, READINGS_TOPIC, STATUS_MESSAGES,
+    UNROUTED_DLQ_TOPIC,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +48,19 @@ async fn a_short_demo_delivers_everything_and_reads_back_consistent_counts() {
         "{out}"
     );
     assert_eq!(summary.received, summary.valid + dead, "{out}");
-    assert_eq!(summary.delivered, summary.received, "{out}");
+    // The round trip: every valid command reached its device; one invalid and one expired
+    // command are dead letters, in their DLQ topic too.
+    assert_eq!(summary.commands_valid, 5 * PER_DEVICE);
+    assert_eq!(summary.commands_produced, summary.commands_valid + 2);
+    assert!(summary.commands_received >= summary.commands_valid, "{out}");
+    assert_eq!(
+        summary.command_dead_letters,
+        [("expired".to_owned(), 1), ("schema".to_owned(), 1)].into(),
+        "{out}"
+    );
+    assert_eq!(summary.read(COMMANDS_DLQ_TOPIC), 2, "{out}");
+    assert!(out.contains("commands produced into"), "{out}");
+    assert_eq!(summary.delivered, summary.received + 2, "{out}");
     assert_eq!(summary.read(READINGS_TOPIC), summary.valid, "{out}");
     assert_eq!(
         summary.read(READINGS_DLQ_TOPIC) + summary.read(UNROUTED_DLQ_TOPIC),

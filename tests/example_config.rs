@@ -75,6 +75,16 @@ fn example_config_has_the_documented_sources_and_routes() {
     assert_eq!(serial.schema, "reading.v1.json");
     assert_eq!(serial.kafka_topic, "sensors.bench");
 
+    assert_eq!(config.downlinks.len(), 1);
+    let downlink = &config.downlinks[0];
+    assert_eq!(downlink.name, "commands");
+    assert_eq!(downlink.mqtt, "local");
+    assert_eq!(downlink.topic("pi-07"), "devices.commands.pi-07");
+    assert_eq!(downlink.schema.as_deref(), Some("command.v1.json"));
+    assert_eq!(downlink.expires_at.as_deref(), Some("/expires_at"));
+    sensorgate::downlink::rules::Rules::build(&config, downlink)
+        .unwrap_or_else(|e| panic!("the example downlink: {e}"));
+
     assert_eq!(config.kafka.brokers, "localhost:9092");
     assert!(config.kafka.properties.is_empty());
     assert_eq!(config.metrics.listen, "127.0.0.1:9898");
@@ -135,6 +145,21 @@ fn example_config_values_are_the_built_in_defaults() {
 
     assert_eq!(example.metrics.listen, defaults.metrics.listen);
     assert_eq!(example.gateway.log_level, defaults.gateway.log_level);
+
+    // The downlink's optional keys show their defaults.
+    let downlink = &example.downlinks[0];
+    let minimal: sensorgate::config::DownlinkConfig = toml::from_str(
+        "name = \"c\"\nkafka_topic = \"t\"\nmqtt = \"local\"\ntopic_template = \"d/{/id}\"\n",
+    )
+    .unwrap();
+    assert_eq!(downlink.group, minimal.group);
+    assert_eq!(downlink.max_in_flight, minimal.max_in_flight);
+    assert_eq!(
+        downlink.client_id, minimal.client_id,
+        "client_id is left to default"
+    );
+    assert_eq!(downlink.ack_timeout, minimal.ack_timeout);
+    assert_eq!(downlink.session_timeout, minimal.session_timeout);
 
     assert_eq!(example.dlq.max_entries, defaults.dlq.max_entries);
     assert_eq!(example.dlq.max_bytes, defaults.dlq.max_bytes);

@@ -32,6 +32,8 @@ fn simulate_options(url: &str, devices: u32, count: u64, invalid_ratio: f64) -> 
         invalid_ratio,
         until: Until::Count(count),
         seed: Some(42),
+        commands: None,
+        expect_commands: None,
     }
 }
 

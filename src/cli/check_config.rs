@@ -31,6 +31,14 @@ pub fn run(path: &Path, out: &mut dyn Write) -> std::io::Result<Status> {
         }
         failed = true;
     }
+    // The downlinks' schemas too.
+    let names = config.downlinks.iter().filter_map(|d| d.schema.as_deref());
+    if let Err(errors) = SchemaRegistry::load(&config.gateway.schemas_dir, names) {
+        for error in errors {
+            writeln!(out, "{}: downlink schema: {error}", path.display())?;
+        }
+        failed = true;
+    }
     // librdkafka validates property names and values when a client is created (no connection).
     if let Err(e) = crate::publish::kafka::producer_config_check(&config) {
         writeln!(out, "{}: kafka: {e}", path.display())?;
@@ -41,11 +49,12 @@ pub fn run(path: &Path, out: &mut dyn Write) -> std::io::Result<Status> {
     } else {
         writeln!(
             out,
-            "{}: OK ({} MQTT source(s), {} serial source(s), {} route(s))",
+            "{}: OK ({} MQTT source(s), {} serial source(s), {} route(s), {} downlink(s))",
             path.display(),
             config.mqtt.len(),
             config.serial.len(),
-            config.routes.len()
+            config.routes.len(),
+            config.downlinks.len()
         )?;
         Ok(Status::Ok)
     }

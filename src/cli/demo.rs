@@ -10,7 +10,10 @@
 //!   a few status messages on a topic no route matches (they become `no-route` dead letters);
 //! - one device writing JSON lines to a pseudo-terminal, read by a `[[serial]]` source (every
 //!   tenth line has an out-of-range temperature). Where a pseudo-terminal cannot be opened as a
-//!   serial port (qemu-user lacks the `TCGETS2` ioctl), the demo goes on without it and says so.
+//!   serial port (qemu-user lacks the `TCGETS2` ioctl), the demo goes on without it and says so;
+//! - the other direction ([`commands`]): commands produced into Kafka, delivered by the gateway's
+//!   `[[downlink]]` to the simulated devices over MQTT; one invalid and one expired command
+//!   become dead letters.
 //!
 //! A third of the way in, every Kafka broker goes down for a few seconds: readings keep arriving
 //! and wait in the outbox, then drain when Kafka is back. When the sensors stop and the outbox is
@@ -18,6 +21,7 @@
 //! numbers agree ([`DemoSummary::consistent`]).
 
 pub mod broker;
+pub mod commands;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -35,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{AppError, Handle};
 use crate::cli::simulate::{self, SimulateError, SimulateOptions, Target, Until};
 use crate::config::{Config, ConfigError};
+use crate::telemetry::downlink::CommandResult;
 use crate::telemetry::Snapshot;
+pub use commands::{COMMANDS_DLQ_TOPIC, COMMANDS_TOPIC};
 
 /// The topic valid readings go to.
 pub const READINGS_TOPIC: &str = "sensors.readings";
@@ -43,8 +49,13 @@ pub const READINGS_TOPIC: &str = "sensors.readings";
 pub const READINGS_DLQ_TOPIC: &str = "sensors.readings.DLQ";
 /// Dead letters that matched no route.
 pub const UNROUTED_DLQ_TOPIC: &str = "sensorgate.unrouted.DLQ";
-/// Every topic the demo creates and reads back.
-pub const TOPICS: [&str; 3] = [READINGS_TOPIC, READINGS_DLQ_TOPIC, UNROUTED_DLQ_TOPIC];
+/// Every topic the demo reads back (the gateway's output).
+pub const TOPICS: [&str; 4] = [
+    READINGS_TOPIC,
+    READINGS_DLQ_TOPIC,
+    UNROUTED_DLQ_TOPIC,
+    COMMANDS_DLQ_TOPIC,
+];
 /// Status messages published on a topic no route matches.
 pub const STATUS_MESSAGES: u64 = 3;
 
@@ -179,12 +190,22 @@ pub struct DemoSummary {
     pub outage: Duration,
     /// Largest outbox depth sampled while Kafka was down.
     pub peak_outbox_during_outage: u64,
-    /// Records Kafka confirmed (readings and dead letters).
+    /// Records Kafka confirmed (readings and dead letters, the downlink's too).
     pub delivered: u64,
     /// Outbox depth at the end.
     pub outbox_left: u64,
     /// What the consumer read back, by topic.
     pub read_back: BTreeMap<String, ReadBack>,
+    /// Commands produced into [`COMMANDS_TOPIC`].
+    pub commands_produced: u64,
+    /// Of those, valid ones (the others are dead letters on purpose).
+    pub commands_valid: u64,
+    /// Commands the MQTT broker acknowledged to the downlink.
+    pub commands_delivered: u64,
+    /// Commands the simulated devices received.
+    pub commands_received: u64,
+    /// The downlink's dead letters by reason (reasons that occurred).
+    pub command_dead_letters: BTreeMap<String, u64>,
     /// Wall time of the whole demo.
     pub elapsed: Duration,
 }
@@ -193,6 +214,11 @@ impl DemoSummary {
     /// Dead letters of every reason.
     pub fn dead_letters_total(&self) -> u64 {
         self.dead_letters.values().sum()
+    }
+
+    /// The downlink's dead letters of every reason.
+    pub fn command_dead_letters_total(&self) -> u64 {
+        self.command_dead_letters.values().sum()
     }
 
     /// Records read back from `topic`.
@@ -205,6 +231,7 @@ impl DemoSummary {
         let dead = self.dead_letters_total();
         let no_route = self.dead_letters.get("no-route").copied().unwrap_or(0);
         let duplicates = self.read_back.values().all(|r| r.records == r.distinct);
+        let command_dead = self.command_dead_letters_total();
         vec![
             (
                 format!(
@@ -222,10 +249,13 @@ impl DemoSummary {
             ),
             (
                 format!(
-                    "delivered {} == received {}, outbox empty ({} left), none dropped ({})",
+                    "delivered {} == received {} + command dead letters {command_dead}, outbox \
+                     empty ({} left), none dropped ({})",
                     self.delivered, self.received, self.outbox_left, self.dropped
                 ),
-                self.delivered == self.received && self.outbox_left == 0 && self.dropped == 0,
+                self.delivered == self.received + command_dead
+                    && self.outbox_left == 0
+                    && self.dropped == 0,
             ),
             (
                 format!(
@@ -245,6 +275,29 @@ impl DemoSummary {
                     && self.read(UNROUTED_DLQ_TOPIC) == no_route,
             ),
             ("no duplicates read back".to_owned(), duplicates),
+            (
+                format!(
+                    "commands: the devices received {} >= valid {} of {} produced (the broker \
+                     acknowledged {})",
+                    self.commands_received,
+                    self.commands_valid,
+                    self.commands_produced,
+                    self.commands_delivered
+                ),
+                self.commands_received >= self.commands_valid
+                    && self.commands_delivered >= self.commands_valid,
+            ),
+            (
+                format!(
+                    "command dead letters {command_dead} == produced {} - valid {} == \
+                     {COMMANDS_DLQ_TOPIC} {}",
+                    self.commands_produced,
+                    self.commands_valid,
+                    self.read(COMMANDS_DLQ_TOPIC)
+                ),
+                command_dead == self.commands_produced - self.commands_valid
+                    && self.read(COMMANDS_DLQ_TOPIC) == command_dead,
+            ),
         ]
     }
 
@@ -266,7 +319,7 @@ pub async fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<DemoSumma
         .tempdir()
         .map_err(DemoError::State)?;
     let kafka = MockCluster::new(3)?;
-    for topic in TOPICS {
+    for topic in TOPICS.into_iter().chain([COMMANDS_TOPIC]) {
         kafka.create_topic(topic, PARTITIONS, 1)?;
     }
     let bootstrap = kafka.bootstrap_servers();
@@ -387,11 +440,20 @@ async fn drive(
     (outage_at, outage): (Duration, Duration),
 ) -> Result<DemoSummary, DemoError> {
     let stats = gateway.stats().clone();
+    // Up: the MQTT source, and the downlink with its partitions assigned (its lag is known),
+    // so that the commands make their round trip before the Kafka outage.
     wait_for(
         out,
         START_LIMIT,
-        &format!("the gateway's MQTT source to subscribe to 127.0.0.1:{mqtt_port}"),
-        || stats.snapshot().sources_up.get(SOURCE) == Some(&true),
+        &format!("the gateway's MQTT source and downlink to connect to 127.0.0.1:{mqtt_port}"),
+        || {
+            let snap = stats.snapshot();
+            snap.sources_up.get(SOURCE) == Some(&true)
+                && snap
+                    .downlinks
+                    .get(commands::DOWNLINK)
+                    .is_some_and(|d| d.up && !d.lag.is_empty())
+        },
     )
     .await?;
     let mut serial_skipped = pty_master.as_ref().err().cloned();
@@ -427,6 +489,11 @@ async fn drive(
     let status_messages = publish_status(mqtt_port).await?;
 
     let url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let (command_records, commands_valid) = commands::commands(options.devices);
+    let commands_produced = command_records.len() as u64;
+    let mut command_records = Some(command_records);
+    let mut producing: Option<tokio::task::JoinHandle<Result<(), KafkaError>>> = None;
+    let mut produced = false;
     let sim_options = SimulateOptions {
         target: Target::Mqtt {
             url,
@@ -438,6 +505,8 @@ async fn drive(
         invalid_ratio: options.invalid_ratio,
         until: Until::Duration(options.duration),
         seed: options.seed,
+        commands: Some(commands::DEVICE_TOPIC.into()),
+        expect_commands: Some(commands_valid),
     };
     // The simulator's own progress lines are not shown; the demo prints its own.
     let mut quiet = std::io::sink();
@@ -483,6 +552,28 @@ async fn drive(
         }
         let snap = stats.snapshot();
         let depth = gateway.outbox().stats().depth;
+        // The simulated devices subscribe to their command topics before their first reading:
+        // from then on commands reach them.
+        if snap.received_total() > 0 {
+            if let Some(records) = command_records.take() {
+                let bootstrap = kafka.bootstrap_servers();
+                producing = Some(tokio::spawn(commands::produce(bootstrap, records)));
+                write_event(
+                    out,
+                    elapsed,
+                    &format!("{commands_produced} commands produced into {COMMANDS_TOPIC}"),
+                )?;
+            }
+        }
+        if let Some(task) = producing.as_mut().filter(|t| t.is_finished()) {
+            task.await
+                .map_err(|e| DemoError::Timeout(format!("producing the commands failed: {e}")))??;
+            producing = None;
+            produced = true;
+        }
+        let downlink = snap.downlinks.get(commands::DOWNLINK);
+        let commands_done =
+            downlink.map_or(0, |d| d.count(CommandResult::Delivered) + d.dead_letters());
         if down {
             peak = peak.max(depth);
         }
@@ -507,13 +598,23 @@ async fn drive(
         if let (Some(sim), Some(lines)) = (&sent, serial_lines) {
             let received = snap.received_total();
             if outage_done
+                && produced
+                && commands_done >= commands_produced
                 && received >= sim.acknowledged + status_messages + lines
                 && snap.delivered >= received
                 && depth == 0
             {
                 write_progress(out, elapsed, &snap, depth, down)?;
-                let mut summary =
-                    summary_of(sim, status_messages, lines, &snap, depth, outage, peak);
+                let mut summary = summary_of(
+                    sim,
+                    status_messages,
+                    lines,
+                    &snap,
+                    depth,
+                    outage,
+                    peak,
+                    (commands_produced, commands_valid),
+                );
                 summary.serial_skipped = serial_skipped;
                 return Ok(summary);
             }
@@ -524,8 +625,16 @@ async fn drive(
                     "Gave up waiting after {} s: not everything was delivered.",
                     DRAIN_LIMIT.as_secs()
                 )?;
-                let mut summary =
-                    summary_of(sim, status_messages, lines, &snap, depth, outage, peak);
+                let mut summary = summary_of(
+                    sim,
+                    status_messages,
+                    lines,
+                    &snap,
+                    depth,
+                    outage,
+                    peak,
+                    (commands_produced, commands_valid),
+                );
                 summary.serial_skipped = serial_skipped;
                 return Ok(summary);
             }
@@ -533,6 +642,7 @@ async fn drive(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summary_of(
     sim: &simulate::Summary,
     status_messages: u64,
@@ -541,8 +651,29 @@ fn summary_of(
     depth: u64,
     outage: Duration,
     peak: u64,
+    (commands_produced, commands_valid): (u64, u64),
 ) -> DemoSummary {
+    let downlink = snap
+        .downlinks
+        .get(commands::DOWNLINK)
+        .cloned()
+        .unwrap_or_default();
+    let command_dead_letters = [
+        CommandResult::NotJson,
+        CommandResult::Schema,
+        CommandResult::NoTarget,
+        CommandResult::Expired,
+    ]
+    .into_iter()
+    .map(|r| (r.as_str().to_owned(), downlink.count(r)))
+    .filter(|(_, n)| *n > 0)
+    .collect();
     DemoSummary {
+        commands_produced,
+        commands_valid,
+        commands_delivered: downlink.count(CommandResult::Delivered),
+        commands_received: sim.commands.iter().map(|(_, n)| n).sum(),
+        command_dead_letters,
         sent: sim.sent,
         acknowledged: sim.acknowledged,
         status_messages,
@@ -630,12 +761,27 @@ fn write_summary(out: &mut dyn Write, s: &DemoSummary) -> std::io::Result<()> {
         "  delivered to Kafka      {} (outbox left: {}, dropped: {})",
         s.delivered, s.outbox_left, s.dropped
     )?;
+    let command_reasons = s
+        .command_dead_letters
+        .iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(
+        out,
+        "  commands (downlink)     {} produced into {COMMANDS_TOPIC}: {} acknowledged by the \
+         broker, {} received by the devices; {} dead letters ({command_reasons})",
+        s.commands_produced,
+        s.commands_delivered,
+        s.commands_received,
+        s.command_dead_letters_total()
+    )?;
     writeln!(out, "  a consumer read back:")?;
     for topic in TOPICS {
         let r = s.read_back.get(topic).copied().unwrap_or_default();
         writeln!(
             out,
-            "    {topic:<24} {:>6} records ({} distinct)",
+            "    {topic:<34} {:>6} records ({} distinct)",
             r.records, r.distinct
         )?;
     }
@@ -686,6 +832,7 @@ fn write_config(
     let schemas = dir.join("schemas");
     std::fs::create_dir_all(&schemas)?;
     std::fs::write(schemas.join("reading.v1.json"), READING_SCHEMA)?;
+    std::fs::write(schemas.join("command.v1.json"), commands::COMMAND_SCHEMA)?;
     let path = dir.join("sensorgate.toml");
     let mut text = format!(
         r#"# Generated by `sensorgate demo`.
@@ -727,7 +874,8 @@ topic_filter = "sensors/+/reading"
 schema = "reading.v1.json"
 kafka_topic = "{READINGS_TOPIC}"
 key = "/device_id"
-"#
+{downlink}"#,
+        downlink = commands::config_section(SOURCE),
     );
     if let Some(pty) = pty {
         text.push_str(&format!(
@@ -896,6 +1044,13 @@ mod tests {
             assert!(config.problems().is_empty(), "{:?}", config.problems());
             assert_eq!(config.serial.len(), usize::from(pty.is_some()));
             crate::pipeline::Rules::build(&config).expect("routes and schema compile");
+            assert_eq!(config.downlinks[0].name, commands::DOWNLINK);
+            assert_eq!(
+                config.downlinks[0].topic(&config.gateway.id),
+                COMMANDS_TOPIC
+            );
+            crate::downlink::rules::Rules::build(&config, &config.downlinks[0])
+                .expect("the downlink's template and schema compile");
         }
     }
 
@@ -951,6 +1106,23 @@ mod tests {
             ]),
             ..Default::default()
         };
+        assert!(s.consistent(), "{:?}", s.checks());
+        // The round trip: 8 valid commands received, 2 dead letters delivered to their topic.
+        s.commands_produced = 10;
+        s.commands_valid = 8;
+        s.commands_delivered = 8;
+        s.commands_received = 7;
+        s.command_dead_letters = BTreeMap::from([("schema".into(), 1), ("expired".into(), 1)]);
+        s.delivered = 102;
+        s.read_back.insert(
+            COMMANDS_DLQ_TOPIC.into(),
+            ReadBack {
+                records: 2,
+                distinct: 2,
+            },
+        );
+        assert!(!s.consistent(), "a device missed a command");
+        s.commands_received = 8;
         assert!(s.consistent(), "{:?}", s.checks());
         s.read_back.insert(
             READINGS_TOPIC.into(),

@@ -155,7 +155,14 @@ pub async fn replay(
     } else {
         writeln!(out, "Replay ({})", mode_note(mode))?;
         for m in &report.moved {
-            writeln!(out, "moved   {} -> outbox, topic {}", m.id, m.kafka_topic)?;
+            match &m.mqtt_topic {
+                Some(topic) => writeln!(
+                    out,
+                    "moved   {} -> delivered through its downlink, MQTT topic {topic}",
+                    m.id
+                )?,
+                None => writeln!(out, "moved   {} -> outbox, topic {}", m.id, m.kafka_topic)?,
+            }
         }
         for f in &report.failed {
             writeln!(out, "failed  {} ({}), stays in the DLQ:", f.id, f.reason)?;

@@ -78,5 +78,36 @@ pub async fn stats(config: &Config, json: bool, out: &mut dyn Write) -> Result<S
     if let Some(n) = report.dlq_evicted {
         writeln!(out, "dlq evicted:         {n} (since the daemon started)")?;
     }
+    for (name, d) in &report.downlinks {
+        use crate::telemetry::downlink::CommandResult;
+        let state = if !d.up {
+            "MQTT down (consumption paused)"
+        } else if d.circuit_open {
+            "probing (circuit half-open)"
+        } else {
+            "up"
+        };
+        writeln!(out, "downlink {name}:")?;
+        writeln!(out, "  state:             {state}")?;
+        writeln!(
+            out,
+            "  commands:          {} delivered, {} dead letters ({} not-json, {} schema, {} no-target, {} expired)",
+            d.count(CommandResult::Delivered),
+            d.dead_letters(),
+            d.count(CommandResult::NotJson),
+            d.count(CommandResult::Schema),
+            d.count(CommandResult::NoTarget),
+            d.count(CommandResult::Expired),
+        )?;
+        writeln!(out, "  held:              {}", d.held)?;
+        writeln!(out, "  retries:           {}", d.retries)?;
+        let lag = d
+            .lag
+            .iter()
+            .map(|(p, l)| format!("{p}: {l}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(out, "  consumer lag:      {} ({lag})", d.lag_total())?;
+    }
     Ok(Status::Ok)
 }

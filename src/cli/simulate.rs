@@ -7,6 +7,10 @@
 //! go round-robin over the devices. With `--invalid-ratio`, that share of readings is broken
 //! instead, in one of three ways ([`Invalid`]); a broken reading does not advance `seq`.
 //!
+//! With `--commands`, each device also subscribes (QoS 1) to its command topic
+//! (`devices/<device_id>/commands` by default, the topic a `[[downlink]]` publishes to) before
+//! the first reading, and the simulator counts the commands each device receives.
+//!
 //! Speed: one task generates and hands publishes to rumqttc's request channel (bounded, large),
 //! another polls the event loop with a window of [`INFLIGHT`] unacknowledged publishes and counts
 //! PUBACKs, and the calling task reports progress. `--rate 0` means as fast as the broker
@@ -121,6 +125,17 @@ pub struct SimulateOptions {
     pub until: Until,
     /// Random seed, for a reproducible run.
     pub seed: Option<u64>,
+    /// Subscribe each device to this command topic (`{device_id}` is replaced by its id) and
+    /// count the commands it receives (MQTT only).
+    pub commands: Option<String>,
+    /// With `commands`: once the readings are acknowledged, keep listening until this many
+    /// commands arrived (at most the drain grace of 30 s), so none in flight is missed.
+    pub expect_commands: Option<u64>,
+}
+
+/// The topic a command for device `id` arrives on, from a `--command-topic` template.
+pub fn command_topic(template: &str, id: &str) -> String {
+    template.replace("{device_id}", id)
 }
 
 /// The ways a simulated reading can be broken.
@@ -307,6 +322,8 @@ pub struct Summary {
     pub invalid: [u64; 3],
     /// From the first reading to the last acknowledgement.
     pub elapsed: Duration,
+    /// With `--commands`: commands received per device id, in device order.
+    pub commands: Vec<(String, u64)>,
 }
 
 impl Summary {
@@ -460,6 +477,7 @@ async fn generate(
 
 fn summary_of(fleet: &Fleet, sent: u64, acknowledged: u64, elapsed: Duration) -> Summary {
     Summary {
+        commands: Vec::new(),
         sent,
         acknowledged,
         valid: fleet
@@ -516,6 +534,16 @@ fn write_summary(
         summary.elapsed.as_secs_f64(),
         summary.rate()
     )?;
+    if !summary.commands.is_empty() {
+        let counts = summary.commands.iter().map(|(_, n)| *n);
+        let total: u64 = counts.clone().sum();
+        writeln!(
+            out,
+            "Received {total} commands (per device: min {}, max {}).",
+            counts.clone().min().unwrap_or(0),
+            counts.max().unwrap_or(0)
+        )?;
+    }
     out.flush()
 }
 
@@ -568,11 +596,61 @@ struct Acks {
     notify: Notify,
 }
 
-/// Polls the event loop until the connection ends, counting PUBACKs. Runs as a task of its own:
-/// `poll()` must not be cancelled mid-write (a publish taken from the channel would be lost).
-async fn poll_events(mut eventloop: EventLoop, acks: Arc<Acks>, start: Instant) -> ConnectionError {
+/// Commands received by the devices (`--commands`).
+#[derive(Debug, Default)]
+struct Commands {
+    /// Device index by command topic.
+    topics: std::collections::HashMap<String, usize>,
+    /// Commands received, by device index.
+    received: Vec<AtomicU64>,
+}
+
+impl Commands {
+    fn new(template: &str, fleet: &Fleet) -> Self {
+        let topics = fleet
+            .devices()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (command_topic(template, &d.id), i))
+            .collect();
+        let received = fleet.devices().iter().map(|_| AtomicU64::new(0)).collect();
+        Self { topics, received }
+    }
+
+    fn total(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn per_device(&self, fleet: &Fleet) -> Vec<(String, u64)> {
+        fleet
+            .devices()
+            .iter()
+            .zip(&self.received)
+            .map(|(d, n)| (d.id.clone(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// Polls the event loop until the connection ends, counting PUBACKs (and commands received).
+/// Runs as a task of its own: `poll()` must not be cancelled mid-write (a publish taken from the
+/// channel would be lost).
+async fn poll_events(
+    mut eventloop: EventLoop,
+    acks: Arc<Acks>,
+    commands: Arc<Commands>,
+    start: Instant,
+) -> ConnectionError {
     loop {
         match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(i) = commands.topics.get(&publish.topic) {
+                    commands.received[*i].fetch_add(1, Ordering::Relaxed);
+                    acks.notify.notify_one();
+                }
+            }
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 acks.count.fetch_add(1, Ordering::Relaxed);
                 let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -611,13 +689,29 @@ async fn run_mqtt(
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(mqtt, REQUEST_CHANNEL);
 
-    // Connect before generating, so a wrong address fails at once. Nothing is in flight yet,
-    // so cancelling this poll loses nothing.
+    // Connect (and subscribe to the command topics) before generating, so a wrong address
+    // fails at once and no command is missed. Nothing is in flight yet, so cancelling this poll
+    // loses nothing.
+    let commands = Arc::new(match &options.commands {
+        Some(template) => Commands::new(template, &fleet),
+        None => Commands::default(),
+    });
+    let listen = !commands.topics.is_empty();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(summary_of(&fleet, 0, 0, Duration::ZERO)),
             event = eventloop.poll() => match event.map_err(mqtt_error)? {
-                Event::Incoming(Packet::ConnAck(_)) => break,
+                Event::Incoming(Packet::ConnAck(_)) if !listen => break,
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    let filters = commands
+                        .topics
+                        .keys()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    client.try_subscribe_many(filters).map_err(|e| {
+                        SimulateError::Options(format!("cannot subscribe to the command topics: {e}"))
+                    })?;
+                }
+                Event::Incoming(Packet::SubAck(_)) => break,
                 _ => continue,
             },
         }
@@ -630,7 +724,12 @@ async fn run_mqtt(
         .collect();
     let start = Instant::now();
     let acks = Arc::new(Acks::default());
-    let mut poller = tokio::spawn(poll_events(eventloop, acks.clone(), start));
+    let mut poller = tokio::spawn(poll_events(
+        eventloop,
+        acks.clone(),
+        commands.clone(),
+        start,
+    ));
     let progress = Arc::new(Progress::default());
     let generator_stop = stop.child_token();
     let mut generator = tokio::spawn(generate(
@@ -652,15 +751,16 @@ async fn run_mqtt(
     let mut drain_deadline: Option<Instant> = None;
     let mut failure: Option<SimulateError> = None;
 
+    let expected = options.expect_commands.filter(|_| listen).unwrap_or(0);
     loop {
         let sent = progress.sent.load(Ordering::Relaxed);
         let acked = acks.count.load(Ordering::Relaxed);
-        if finished.is_some() && acked >= sent {
+        if finished.is_some() && acked >= sent && commands.total() >= expected {
             break;
         }
         let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + DRAIN_GRACE);
         tokio::select! {
-            // A PUBACK arrived while draining: check again.
+            // A PUBACK or a command arrived while draining: check again.
             _ = acks.notify.notified(), if finished.is_some() => {}
             joined = &mut generator, if finished.is_none() => {
                 finished = Some(joined.map_err(|e| SimulateError::Task(e.to_string()))??.0);
@@ -678,9 +778,12 @@ async fn run_mqtt(
                 let sent = progress.sent.load(Ordering::Relaxed);
                 let acked = acks.count.load(Ordering::Relaxed);
                 write_progress(out, start, sent, acked, &mut last, "acked")?;
+                if options.commands.is_some() {
+                    writeln!(out, "         commands received {:>10}", commands.total())?;
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()), if drain_deadline.is_some() => {
-                tracing::warn!(acked, sent, "Gave up waiting for the broker to acknowledge every reading");
+                tracing::warn!(acked, sent, commands = commands.total(), expected, "Gave up waiting for the broker to acknowledge every reading and for the expected commands");
                 break;
             }
         }
@@ -697,12 +800,15 @@ async fn run_mqtt(
     };
     let acked = acks.count.load(Ordering::Relaxed);
     let last_ack = Duration::from_nanos(acks.last_ns.load(Ordering::Relaxed));
-    let summary = summary_of(
+    let mut summary = summary_of(
         &fleet,
         progress.sent.load(Ordering::Relaxed),
         acked,
         last_ack,
     );
+    if options.commands.is_some() {
+        summary.commands = commands.per_device(&fleet);
+    }
     if failure.is_none() {
         // Say goodbye properly; the event loop ends when the broker closes the connection.
         let _ = client.try_disconnect();

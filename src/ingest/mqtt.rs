@@ -95,60 +95,13 @@ impl MqttSource {
     }
 
     fn options(&self) -> Result<MqttOptions, MqttError> {
-        let address = BrokerAddress::parse(&self.config.url)?;
-        let mut options = MqttOptions::new(&self.client_id, &address.host, address.port);
+        let mut options = broker_options(&self.config, &self.client_id)?;
         options
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_keep_alive(self.config.keep_alive.max(Duration::from_secs(5)))
             .set_max_packet_size(MQTT_MAX_PACKET, 64 << 10)
             .set_request_channel_capacity(1024);
-        if let Some(user) = &self.config.username {
-            let password = match &self.config.password_file {
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|source| MqttError::File {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-                None => String::new(),
-            };
-            options.set_credentials(user, password);
-        }
-        if address.tls {
-            options.set_transport(Transport::tls_with_config(self.tls()?.into()));
-        }
         Ok(options)
-    }
-
-    /// The TLS connector (the system's OpenSSL): trusts the CAs of `ca_file` only when set, else
-    /// the system's CA store (`/etc/ssl/certs`); checks the broker's host name.
-    fn tls(&self) -> Result<native_tls::TlsConnector, MqttError> {
-        let mut builder = native_tls::TlsConnector::builder();
-        if let Some(path) = &self.config.ca_file {
-            let pem = std::fs::read(path).map_err(|source| MqttError::File {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = native_tls::Certificate::stack_from_pem(&pem)
-                .map_err(|e| MqttError::Tls(format!("{}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(MqttError::Tls(format!(
-                    "{}: no PEM certificate in the file",
-                    path.display()
-                )));
-            }
-            builder.disable_built_in_roots(true);
-            for cert in certs {
-                builder.add_root_certificate(cert);
-            }
-        }
-        builder
-            .build()
-            .map_err(|e| MqttError::Tls(format!("cannot set up TLS: {e}")))
     }
 
     /// Receives until `stop` is cancelled, then lets pending acknowledgements reach the broker
@@ -336,6 +289,62 @@ impl MqttSource {
             tracing::warn!(source = %name, "Timed out flushing MQTT acknowledgements; the broker will redeliver");
         }
     }
+}
+
+/// Options for a connection to `config`'s broker under `client_id`: address, transport (TLS
+/// with `ca_file` or the system's roots for `mqtts://`), credentials (the password read from
+/// `password_file`) and keep-alive. Shared by the source and the downlinks that publish through
+/// its broker; each sets its own session and flow options.
+pub fn broker_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let address = BrokerAddress::parse(&config.url)?;
+    let mut options = MqttOptions::new(client_id, &address.host, address.port);
+    options.set_keep_alive(config.keep_alive.max(Duration::from_secs(5)));
+    if let Some(user) = &config.username {
+        let password = match &config.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| MqttError::File {
+                    path: path.clone(),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+            None => String::new(),
+        };
+        options.set_credentials(user, password);
+    }
+    if address.tls {
+        options.set_transport(Transport::tls_with_config(tls_connector(config)?.into()));
+    }
+    Ok(options)
+}
+
+/// The TLS connector (the system's OpenSSL): trusts the CAs of `ca_file` only when set, else
+/// the system's CA store (`/etc/ssl/certs`); checks the broker's host name.
+fn tls_connector(config: &MqttConfig) -> Result<native_tls::TlsConnector, MqttError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|source| MqttError::File {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = native_tls::Certificate::stack_from_pem(&pem)
+            .map_err(|e| MqttError::Tls(format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(MqttError::Tls(format!(
+                "{}: no PEM certificate in the file",
+                path.display()
+            )));
+        }
+        builder.disable_built_in_roots(true);
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| MqttError::Tls(format!("cannot set up TLS: {e}")))
 }
 
 /// Why a connection ended.

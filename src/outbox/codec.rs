@@ -23,6 +23,9 @@ const F_ROUTE: u8 = 4;
 const F_SCHEMA: u8 = 8;
 const F_ORIGINAL_LEN: u8 = 16;
 const F_SERIAL: u8 = 32;
+/// The origin is a Kafka command (`<topic>/<partition>@<offset>`), see [`Origin::kafka_text`].
+/// Frames written before it existed never set it.
+const F_KAFKA: u8 = 64;
 
 /// What is wrong with bytes that should be a frame or a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,13 +135,23 @@ impl FrameEncoder {
         {
             flags |= F_ORIGINAL_LEN;
         }
-        let (origin_is_serial, origin) = match &meta.origin {
-            Origin::Mqtt { topic } => (false, topic.as_str()),
-            Origin::Serial { port } => (true, port.as_str()),
+        let kafka_origin;
+        let origin = match &meta.origin {
+            Origin::Mqtt { topic } => topic.as_str(),
+            Origin::Serial { port } => {
+                flags |= F_SERIAL;
+                port.as_str()
+            }
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+            } => {
+                flags |= F_KAFKA;
+                kafka_origin = Origin::kafka_text(topic, *partition, *offset);
+                kafka_origin.as_str()
+            }
         };
-        if origin_is_serial {
-            flags |= F_SERIAL;
-        }
         let gateway = self.intern(&meta.gateway);
         let source = self.intern(&meta.source);
         let origin = self.intern(origin);
@@ -211,6 +224,8 @@ const fn reason_code(reason: Reason) -> u8 {
         Reason::PublishRejected => 5,
         Reason::FrameTooLong => 6,
         Reason::BadCsv => 7,
+        Reason::NoTarget => 8,
+        Reason::Expired => 9,
     }
 }
 
@@ -339,9 +354,11 @@ pub struct RecordRef<'a> {
     pub gateway: &'a str,
     /// Source name.
     pub source: &'a str,
-    /// Whether the origin is a serial port (else an MQTT topic).
+    /// Whether the origin is a serial port (else an MQTT topic, or a Kafka command).
     pub serial: bool,
-    /// The MQTT topic or serial port.
+    /// Whether the origin is a Kafka command consumed by a downlink.
+    pub kafka: bool,
+    /// The MQTT topic, serial port, or Kafka `<topic>/<partition>@<offset>`.
     pub origin: &'a str,
     /// Milliseconds since the epoch.
     pub received_at_ms: u64,
@@ -404,6 +421,7 @@ impl<'a> RecordRef<'a> {
             gateway,
             source,
             serial: flags & F_SERIAL != 0,
+            kafka: flags & F_KAFKA != 0,
             origin,
             received_at_ms,
             kafka_topic,
@@ -415,6 +433,17 @@ impl<'a> RecordRef<'a> {
         })
     }
 
+    /// The origin's kind, as in [`Origin::scheme`]: `mqtt`, `serial` or `kafka`.
+    pub fn origin_scheme(&self) -> &'static str {
+        if self.kafka {
+            "kafka"
+        } else if self.serial {
+            "serial"
+        } else {
+            "mqtt"
+        }
+    }
+
     /// Bytes the record occupies in flight (payload, key and topic).
     pub fn weight(&self) -> usize {
         self.payload.len() + self.key.map_or(0, str::len) + self.kafka_topic.len()
@@ -422,7 +451,14 @@ impl<'a> RecordRef<'a> {
 
     /// An owned copy; `seq` is the record's local sequence number (a dead letter's id).
     pub fn to_record(&self, seq: u64) -> Record {
-        let origin = if self.serial {
+        let origin = if self.kafka {
+            // A malformed one cannot come from our encoder; keep the text rather than fail.
+            Origin::parse_kafka(self.origin).unwrap_or_else(|| Origin::Kafka {
+                topic: self.origin.to_owned(),
+                partition: -1,
+                offset: -1,
+            })
+        } else if self.serial {
             Origin::Serial {
                 port: self.origin.to_owned(),
             }
@@ -545,6 +581,110 @@ mod tests {
         let mut expected = records.clone();
         expected[2].meta.dead_letter.as_mut().unwrap().id = 43;
         assert_eq!(back, expected);
+    }
+
+    /// A frame in the layout of the module doc, assembled byte by byte: what every release
+    /// before the Kafka origin wrote. Records: an MQTT origin, and a serial one with a route.
+    fn old_frame() -> Vec<u8> {
+        let strings = [
+            "gw",
+            "local",
+            "sensors/d1/reading",
+            "sensors.readings",
+            "/dev/ttyUSB0",
+            "r1",
+        ];
+        let mut body = Vec::new();
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(&(strings.len() as u16).to_le_bytes());
+        for s in strings {
+            body.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            body.extend_from_slice(s.as_bytes());
+        }
+        // flags, received_at, gateway, source, origin, topic, [route], payload.
+        for (flags, origin, route, payload) in [
+            (0u8, 2u16, None, &b"{\"a\":1}"[..]),
+            (F_SERIAL | F_ROUTE, 4, Some(5u16), &b"{\"b\":2}"[..]),
+        ] {
+            body.push(flags);
+            body.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+            for index in [0u16, 1, origin, 3].into_iter().chain(route) {
+                body.extend_from_slice(&index.to_le_bytes());
+            }
+            body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            body.extend_from_slice(payload);
+        }
+        let mut frame = FRAME_MAGIC.to_vec();
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn kafka_origins_round_trip_and_older_frames_still_read() {
+        let old = old_frame();
+        let frame = Frame::parse(&old).unwrap();
+        let back: Vec<(u64, RecordRef<'_>)> = frame.records().map(|r| r.unwrap()).collect();
+        assert_eq!(back[0].1.origin_scheme(), "mqtt");
+        assert_eq!(
+            back[0].1.to_record(back[0].0).meta.origin,
+            Origin::Mqtt {
+                topic: "sensors/d1/reading".into()
+            }
+        );
+        assert_eq!(back[1].1.origin_scheme(), "serial");
+        let serial = back[1].1.to_record(back[1].0);
+        assert_eq!(
+            serial.meta.origin,
+            Origin::Serial {
+                port: "/dev/ttyUSB0".into()
+            }
+        );
+        assert_eq!(serial.meta.route.as_deref(), Some("r1"));
+        assert_eq!(&serial.payload[..], b"{\"b\":2}");
+
+        // The encoder writes those two exactly as before.
+        let mut enc = FrameEncoder::default();
+        enc.begin(7);
+        for (seq, r) in &back {
+            enc.push(&r.to_record(*seq));
+        }
+        let mut again = Vec::new();
+        enc.finish_into(&mut again);
+        assert_eq!(
+            again, old,
+            "MQTT and serial records are encoded as they always were"
+        );
+
+        let mut command = record(2);
+        command.meta.origin = Origin::Kafka {
+            topic: "devices.commands.gw".into(),
+            partition: 3,
+            offset: 1_234_567,
+        };
+        command.meta.dead_letter = Some(Box::new(DeadLetterInfo {
+            id: 0,
+            reason: Reason::Expired,
+            errors: vec![Violation::whole("expired at 2024-01-01T00:00:00Z")],
+            original_len: None,
+        }));
+        enc.begin(9);
+        enc.push(&command);
+        let mut bytes = Vec::new();
+        enc.finish_into(&mut bytes);
+        let frame = Frame::parse(&bytes).unwrap();
+        let (seq, back) = frame.records().next().unwrap().unwrap();
+        assert_eq!(back.origin_scheme(), "kafka");
+        assert_eq!(back.origin, "devices.commands.gw/3@1234567");
+        let mut expected = command.clone();
+        expected.meta.dead_letter.as_mut().unwrap().id = 9;
+        assert_eq!(back.to_record(seq), expected);
+        assert_eq!(
+            expected.meta.origin.to_string(),
+            "kafka:devices.commands.gw/3@1234567"
+        );
     }
 
     #[test]

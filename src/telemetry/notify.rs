@@ -48,7 +48,7 @@ pub fn reloading() {
 pub fn status_line(stats: &Stats, outbox: &Outbox) -> String {
     let s = stats.snapshot();
     let q = outbox.stats();
-    format!(
+    let mut line = format!(
         "outbox {} records ({:.1} MiB); Kafka {}{}; delivered {}; dead letters {}",
         q.depth,
         q.bytes as f64 / (1 << 20) as f64,
@@ -56,7 +56,26 @@ pub fn status_line(stats: &Stats, outbox: &Outbox) -> String {
         if s.circuit_open { ", backing off" } else { "" },
         s.delivered,
         s.dead_letters_total(),
-    )
+    );
+    for (name, d) in &s.downlinks {
+        use crate::telemetry::downlink::CommandResult;
+        let _ = std::fmt::Write::write_fmt(
+            &mut line,
+            format_args!(
+                "; downlink {name} {}, {} commands delivered, lag {}",
+                if !d.up {
+                    "MQTT down"
+                } else if d.circuit_open {
+                    "probing"
+                } else {
+                    "up"
+                },
+                d.count(CommandResult::Delivered),
+                d.lag_total()
+            ),
+        );
+    }
+    line
 }
 
 /// The watchdog interval systemd asked for, as `sd_watchdog_enabled(3)` reads it: `WATCHDOG_USEC`,

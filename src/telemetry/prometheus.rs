@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::downlink::DownlinkSnapshot;
 use super::{Snapshot, LATENCY_BUCKETS};
 use crate::outbox::QueueStats;
 
@@ -244,6 +245,7 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "source",
         s.sources_up.iter().map(|(k, v)| (k, u64::from(*v))),
     );
+    downlinks(&mut o, s);
     o.head(
         "sensorgate_schema_reloads_total",
         "counter",
@@ -262,6 +264,87 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
     o.0
 }
 
+/// A per-downlink family: name, type, help, and its value in a snapshot.
+type DownlinkFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&DownlinkSnapshot) -> u64,
+);
+
+/// The downlinks' families (none when no downlink is configured).
+fn downlinks(o: &mut Out, s: &Snapshot) {
+    if s.downlinks.is_empty() {
+        return;
+    }
+    o.head(
+        "sensorgate_downlink_commands_total",
+        "counter",
+        "Downlink commands, by downlink and result: delivered (acknowledged by the MQTT broker), not-json, schema, no-target, expired (dead letters).",
+    );
+    for (name, d) in &s.downlinks {
+        for (result, n) in &d.commands {
+            o.value(
+                "sensorgate_downlink_commands_total",
+                &[("downlink", name), ("result", result)],
+                n,
+            );
+        }
+    }
+    o.head(
+        "sensorgate_downlink_consumer_lag",
+        "gauge",
+        "Commands in Kafka not yet committed by the downlink (high watermark minus committed offset), by partition.",
+    );
+    for (name, d) in &s.downlinks {
+        for (partition, lag) in &d.lag {
+            o.value(
+                "sensorgate_downlink_consumer_lag",
+                &[("downlink", name), ("partition", &partition.to_string())],
+                lag,
+            );
+        }
+    }
+    let per_downlink: [DownlinkFamily; 5] = [
+        (
+            "sensorgate_downlink_retries_total",
+            "counter",
+            "Reconnects and probes of the MQTT broker after a backoff.",
+            |d| d.retries,
+        ),
+        (
+            "sensorgate_downlink_circuit_open",
+            "gauge",
+            "1 while the downlink's breaker is open or half-open (consumption paused or probing).",
+            |d| u64::from(d.circuit_open),
+        ),
+        (
+            "sensorgate_downlink_up",
+            "gauge",
+            "1 while the downlink's MQTT connection is up.",
+            |d| u64::from(d.up),
+        ),
+        (
+            "sensorgate_downlink_paused",
+            "gauge",
+            "1 while the downlink's partitions are paused (breaker open: nothing is fetched).",
+            |d| u64::from(d.paused),
+        ),
+        (
+            "sensorgate_downlink_held_commands",
+            "gauge",
+            "Commands taken from Kafka and not yet committed (at most max_in_flight).",
+            |d| d.held,
+        ),
+    ];
+    for (metric, kind, help, value) in per_downlink {
+        o.head(metric, kind, help);
+        for (name, d) in &s.downlinks {
+            o.value(metric, &[("downlink", name)], value(d));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +361,11 @@ mod tests {
         stats.delivered("sensors.readings", false, Duration::from_millis(3));
         stats.source_up("local", true);
         stats.dlq_evicted(3);
+        let downlink = stats.downlink("commands");
+        downlink.command(crate::telemetry::downlink::CommandResult::Delivered);
+        downlink.command(crate::telemetry::downlink::CommandResult::NoTarget);
+        downlink.set_lag([(2, 17)].into_iter().collect());
+        downlink.set_up(true);
         let text = render(
             &stats.snapshot(),
             &Gauges {
@@ -289,6 +377,17 @@ mod tests {
         assert!(text.contains("sensorgate_readings_received_total{source=\"local\"} 1\n"));
         assert!(text.contains("sensorgate_dead_letters_total{reason=\"schema\"} 1\n"));
         assert!(text.contains("sensorgate_dlq_evicted_total 3\n"));
+        for line in [
+            "sensorgate_downlink_commands_total{downlink=\"commands\",result=\"delivered\"} 1\n",
+            "sensorgate_downlink_commands_total{downlink=\"commands\",result=\"no-target\"} 1\n",
+            "sensorgate_downlink_commands_total{downlink=\"commands\",result=\"expired\"} 0\n",
+            "sensorgate_downlink_consumer_lag{downlink=\"commands\",partition=\"2\"} 17\n",
+            "sensorgate_downlink_retries_total{downlink=\"commands\"} 0\n",
+            "sensorgate_downlink_circuit_open{downlink=\"commands\"} 0\n",
+            "sensorgate_downlink_up{downlink=\"commands\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}");
+        }
         assert!(text.contains("sensorgate_kafka_deliveries_total{topic=\"sensors.readings\"} 1\n"));
         assert!(text.contains("sensorgate_kafka_publish_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("sensorgate_kafka_publish_latency_seconds_bucket{le=\"0.0025\"} 0\n"));

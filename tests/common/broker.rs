@@ -24,6 +24,7 @@ fn mosquitto_binary() -> PathBuf {
 pub struct Mosquitto {
     pub port: u16,
     child: Child,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -45,49 +46,105 @@ impl Mosquitto {
         panic!("mosquitto did not start on any of 5 ports");
     }
 
+    /// Like [`Mosquitto::start`] with `persistence true` in a directory of its own: sessions
+    /// and queued messages survive [`Mosquitto::stop`] and [`Mosquitto::restart`].
+    pub fn start_persistent() -> Self {
+        for _ in 0..5 {
+            if let Some(broker) = Self::try_start_with(100, true) {
+                return broker;
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
     fn try_start(inflight: u32) -> Option<Self> {
+        Self::try_start_with(inflight, false)
+    }
+
+    fn try_start_with(inflight: u32, persistent: bool) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        let persistence = if persistent {
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  max_queued_messages 1000000\nmax_inflight_messages {inflight}\nuser root\n\
                  log_dest stderr\nlog_type error\nlog_type warning\n"
             ),
         )
         .unwrap();
-        let mut child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("mosquitto must be installed (scripts/test.sh installs it)");
+        let child = spawn_mosquitto(&conf, port)?;
+        Some(Self {
+            port,
+            child,
+            conf,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the broker cleanly (SIGTERM: a persistent one saves its database) and waits.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port with the same configuration.
+    pub fn restart(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            // Our own child must be the one listening: if it exited, the port was taken.
-            if child.try_wait().unwrap().is_some() {
-                return None;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Self {
-                    port,
-                    child,
-                    _dir: dir,
-                });
+            if let Some(child) = spawn_mosquitto(&self.conf, self.port) {
+                self.child = child;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
+                "mosquitto did not restart on {}",
+                self.port
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Starts mosquitto with `conf` and waits until it listens on `port`; `None` if it exited (the
+/// port was taken).
+fn spawn_mosquitto(conf: &Path, port: u16) -> Option<Child> {
+    let mut child = Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("mosquitto must be installed (scripts/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Our own child must be the one listening: if it exited, the port was taken.
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -127,3 +127,61 @@ key = "/device_id"
     };
     write_gateway_config(dir, brokers, extra_queue, &format!("{mqtt}\n{sources}"))
 }
+
+/// The command schema of the downlink tests: an action from a fixed set, a device id that is a
+/// string when present (so a command without one reaches the topic template: `no-target`).
+pub const COMMAND_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["action", "seq"],
+  "properties": {
+    "device_id": {"type": "string"},
+    "seq": {"type": "integer", "minimum": 0},
+    "action": {"enum": ["set", "reboot", "calibrate"]}
+  }
+}"#;
+
+/// The downlink's Kafka topic for the test gateway (`test-gw`).
+pub const COMMANDS_TOPIC: &str = "devices.commands.test-gw";
+/// Its consumer group.
+pub const COMMANDS_GROUP: &str = "sensorgate-test-gw";
+
+/// Writes a gateway config with the MQTT source `local` (and its route) and a downlink
+/// `commands` from [`COMMANDS_TOPIC`] to `devices/{/device_id}/commands` through `local`'s
+/// broker, with [`COMMAND_SCHEMA`] and `expires_at = "/expires_at"`; `downlink_extra` lands in
+/// `[[downlink]]`, `extra_queue` in `[queue]`. Returns the config path.
+pub fn write_downlink_config(
+    dir: &Path,
+    mqtt_url: &str,
+    brokers: &str,
+    extra_queue: &str,
+    downlink_extra: &str,
+) -> PathBuf {
+    let path = write_config(dir, mqtt_url, brokers, extra_queue);
+    std::fs::write(dir.join("schemas").join("command.v1.json"), COMMAND_SCHEMA).unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        r#"
+[[downlink]]
+name = "commands"
+kafka_topic = "devices.commands.{{gateway}}"
+mqtt = "local"
+topic_template = "devices/{{/device_id}}/commands"
+schema = "command.v1.json"
+expires_at = "/expires_at"
+session_timeout = "3s"
+{downlink_extra}
+"#
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A command for `device` with its per-device `seq`.
+pub fn command(device: &str, seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"device_id":"{device}","seq":{seq},"action":"set","value":{}}}"#,
+        seq % 7
+    )
+    .into_bytes()
+}

@@ -143,3 +143,108 @@ impl Reader {
         self.records.iter().filter(|r| r.topic == topic).collect()
     }
 }
+
+/// An idempotent producer, kept for many sends.
+pub struct Producer {
+    inner: rdkafka::producer::FutureProducer,
+}
+
+impl Producer {
+    pub fn new(bootstrap: &str) -> Self {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        Self { inner }
+    }
+
+    /// Produces `(key, payload)` records to `topic` in order and returns each one's
+    /// `(partition, offset)` once Kafka confirmed them all. The key picks the partition, so
+    /// records with one key keep their order.
+    pub async fn send(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Vec<(i32, i64)> {
+        use rdkafka::producer::FutureRecord;
+        let sends: Vec<_> = records
+            .iter()
+            .map(|(key, payload)| {
+                self.inner
+                    .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                    .expect("queued")
+            })
+            .collect();
+        let mut out = Vec::with_capacity(sends.len());
+        for send in sends {
+            let delivery = send.await.expect("not cancelled").expect("delivered");
+            out.push((delivery.partition, delivery.offset));
+        }
+        out
+    }
+}
+
+/// [`Producer::send`] with a producer of its own.
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    Producer::new(bootstrap).send(topic, records).await
+}
+
+/// The offsets consumer group `group` has committed for `topic`, by partition (partitions
+/// without a commit are left out). Asks the group coordinator without joining the group.
+pub fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> std::collections::BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut list = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            list.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The high watermark of every partition of `topic` that holds records.
+pub fn high_watermarks(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut out = std::collections::BTreeMap::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            if high > 0 {
+                out.insert(p.id(), high);
+            }
+        }
+    }
+    out
+}

@@ -1,17 +1,21 @@
 //! The test kit shared by the end-to-end tests and the benchmarks, split by concern: a real
 //! mosquitto broker and an MQTT sensor (`broker`), librdkafka's mock Kafka cluster and a reader
-//! (`kafka`), gateway configurations (`config`), socat pseudo-terminals (`serial`), the gateway
-//! in process (`gateway`) and as a process, with its CPU, memory and I/O (`process`), and log
-//! capture (`log_capture`). Every wait polls a condition against a deadline.
+//! (`kafka`, with a producer and the committed offsets of a group), gateway configurations
+//! (`config`), socat pseudo-terminals (`serial`), the gateway in process (`gateway`) and as a
+//! process, with its CPU, memory and I/O (`process`), devices that receive downlink commands
+//! (`devices`), a TCP proxy that can swallow traffic (`proxy`), and log capture
+//! (`log_capture`). Every wait polls a condition against a deadline.
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 mod broker;
 mod config;
+mod devices;
 mod gateway;
 mod kafka;
 mod log_capture;
 mod process;
+mod proxy;
 mod serial;
 
 use std::net::TcpListener;
@@ -19,11 +23,13 @@ use std::time::{Duration, Instant};
 
 pub use broker::*;
 pub use config::*;
+pub use devices::*;
 pub use gateway::*;
 pub use kafka::*;
 pub use log_capture::capture as logs;
 pub use log_capture::init_logging;
 pub use process::*;
+pub use proxy::*;
 pub use serial::*;
 
 /// Waits until `cond` holds, panicking with `what` after `limit`.

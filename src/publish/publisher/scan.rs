@@ -405,11 +405,7 @@ impl Loop<'_> {
         if let Some(dead) = &record.dead {
             let received = format_ms(record.received_at_ms);
             let id = seq.to_string();
-            let origin = format!(
-                "{}:{}",
-                if record.serial { "serial" } else { "mqtt" },
-                record.origin
-            );
+            let origin = format!("{}:{}", record.origin_scheme(), record.origin);
             for (key, value) in [
                 ("sensorgate.reason", dead.reason.as_str()),
                 ("sensorgate.errors", dead.errors_json),
