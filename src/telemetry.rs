@@ -6,11 +6,13 @@
 //! - `http.rs` serves `/metrics`, `/healthz` and `/readyz`;
 //! - `notify.rs` speaks sd_notify (READY, STATUS, WATCHDOG, STOPPING) and runs the watchdog,
 //!   which pings only while the pipeline's tasks show progress;
-//! - `logging.rs` sends logs to the journal (structured fields) or to stderr.
+//! - `logging.rs` sends logs to the journal (structured fields) or to stderr;
+//! - `process.rs` reads the process's own memory, CPU and descriptors for `/metrics`.
 
 pub mod http;
 pub mod logging;
 pub mod notify;
+pub mod process;
 pub mod prometheus;
 
 use std::collections::BTreeMap;
