@@ -592,6 +592,24 @@ pub async fn call(config: &Config, request: Request) -> Result<(Response, Mode),
     }
 }
 
+/// Sends `request` to the running daemon only (never opening the state directory, which would
+/// keep a starting daemon out of it): for `sensorgate top`, which watches a live gateway.
+pub async fn call_daemon(
+    path: &std::path::Path,
+    request: &Request,
+) -> Result<Response, AdminError> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|source| AdminError::Socket {
+            path: path.to_owned(),
+            source,
+        })?;
+    match exchange(stream, request).await? {
+        Response::Error(message) => Err(AdminError::Remote(message)),
+        other => Ok(other),
+    }
+}
+
 async fn exchange(
     stream: tokio::net::UnixStream,
     request: &Request,

@@ -1,4 +1,4 @@
-//! Subcommands other than `run`, one file each. Each returns an [`ExitCode`]-like status and
+//! Subcommands other than `run`, one file each (`top` a folder). Each returns an [`ExitCode`]-like status and
 //! prints for an operator; `main.rs` only parses arguments and dispatches.
 
 pub mod check_config;
@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod queue;
 pub mod simulate;
 pub mod tail;
+pub mod top;
 pub mod validate;
 
 /// Process exit statuses of the command line.
