@@ -410,16 +410,26 @@ impl Backend {
 
     fn list(&self, filter: &Filter) -> Result<Vec<DeadLetter>, AdminError> {
         let mut out = Vec::new();
-        self.outbox.dlq().for_each(|r| {
-            if filter.matches(&r.meta) {
-                out.push(DeadLetter::from_record(&r));
-            }
-            true
-        })?;
-        if let Some(limit) = filter.limit {
-            let skip = out.len().saturating_sub(limit);
-            out.drain(..skip);
+        let Some(limit) = filter.limit else {
+            self.outbox.dlq().for_each(|r| {
+                if filter.matches(&r.meta) {
+                    out.push(DeadLetter::from_record(&r));
+                }
+                true
+            })?;
+            return Ok(out);
+        };
+        // The latest `limit`: read newest first and stop there, so that a full store is not
+        // read whole (and held in memory) for a few entries.
+        if limit > 0 {
+            self.outbox.dlq().for_each_newest(|r| {
+                if filter.matches(&r.meta) {
+                    out.push(DeadLetter::from_record(&r));
+                }
+                out.len() < limit
+            })?;
         }
+        out.reverse();
         Ok(out)
     }
 
