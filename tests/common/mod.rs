@@ -1,8 +1,10 @@
 //! The test kit shared by the end-to-end tests and the benchmarks, split by concern: a real
 //! mosquitto broker and an MQTT sensor (`broker`), librdkafka's mock Kafka cluster and a reader
 //! (`kafka`), gateway configurations (`config`), socat pseudo-terminals (`serial`), the gateway
-//! in process (`gateway`) and as a process, with its CPU, memory and I/O (`process`), and log
-//! capture (`log_capture`). Every wait polls a condition against a deadline.
+//! in process (`gateway`) and as a process, with its CPU, memory and I/O (`process`), log
+//! capture (`log_capture`), a real Prometheus server and promtool (`prometheus`), a program in a
+//! tmux terminal (`tmux`), and a whole deployment, broker, Kafka and gateway process
+//! (`running`). Every wait polls a condition against a deadline.
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
@@ -12,7 +14,10 @@ mod gateway;
 mod kafka;
 mod log_capture;
 mod process;
+mod prometheus;
+mod running;
 mod serial;
+mod tmux;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -24,7 +29,10 @@ pub use kafka::*;
 pub use log_capture::capture as logs;
 pub use log_capture::init_logging;
 pub use process::*;
+pub use prometheus::*;
+pub use running::*;
 pub use serial::*;
+pub use tmux::*;
 
 /// Waits until `cond` holds, panicking with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
