@@ -35,6 +35,27 @@ fn number_after(line: &str, word: &str) -> Option<f64> {
     words.next()?.replace(',', "").parse().ok()
 }
 
+/// The outbox's bytes as shown after `N records` (`300.3 KiB`): the figure and its unit.
+fn bytes_in(line: &str) -> Option<(f64, f64)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "records")?;
+    let unit = match *words.get(at + 2)? {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((words.get(at + 1)?.parse().ok()?, unit))
+}
+
+/// An age shown as `4.9 s` or `42 s` after `word`, in seconds.
+fn seconds_after(line: &str, word: &str) -> Option<f64> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == word)?;
+    let value = words.next()?.parse().ok()?;
+    (words.next()? == "s").then_some(value)
+}
+
 /// The Kafka section's first line.
 fn kafka_line(screen: &str) -> &str {
     let mut lines = screen.lines();
@@ -88,6 +109,8 @@ fn top_in_a_terminal_agrees_with_metrics_and_shows_a_kafka_outage() {
         |m: &prometheus_parse::Scrape| metric_sum(m, "sensorgate_readings_received_total");
     let valid = |m: &prometheus_parse::Scrape| metric(m, "sensorgate_readings_valid_total", None);
     let dead = |m: &prometheus_parse::Scrape| metric_sum(m, "sensorgate_dead_letters_total");
+    let delivered =
+        |m: &prometheus_parse::Scrape| metric_sum(m, "sensorgate_kafka_deliveries_total");
     let mut figures = String::new();
     let mut load_rate = 0.0;
     wait_until(LONG, "top's rates to agree with /metrics", || {
@@ -111,6 +134,11 @@ fn top_in_a_terminal_agrees_with_metrics_and_shows_a_kafka_outage() {
                 "dead letters",
                 rate_in(line(&screen, "dead letters")),
                 rate(&m0, &m1, seconds, dead),
+            ),
+            (
+                "kafka delivered",
+                rate_in(kafka_line(&screen)),
+                rate(&m0, &m1, seconds, delivered),
             ),
         ];
         load_rate = pairs[0].2;
@@ -159,7 +187,14 @@ fn top_in_a_terminal_agrees_with_metrics_and_shows_a_kafka_outage() {
         "depth shown {shown}, /metrics {actual} (load {load_rate:.0}/s):\n{screen}"
     );
 
-    // Load stops: once the depth holds still, the screen shows exactly it, and no readings/s.
+    assert!(
+        screen.contains("depth, 2 min") && screen.contains('█'),
+        "the depth sparkline, at its peak now:\n{screen}"
+    );
+
+    // Load stops: once the depth holds still, the screen shows exactly it and the bytes, an
+    // oldest age close to /metrics' (top's figures are at most one interval old), and no
+    // readings/s.
     drop(load);
     let mut still = 0.0;
     wait_until(LONG, "the outbox depth to hold still", || {
@@ -168,10 +203,20 @@ fn top_in_a_terminal_agrees_with_metrics_and_shows_a_kafka_outage() {
         still = metric(&d.scrape(), "sensorgate_outbox_records", None);
         a == still
     });
-    tmux.wait_for(LONG, "the exact depth and no readings", |s| {
-        number_after(line(s, "depth"), "depth") == Some(still)
+    let bytes = metric(&d.scrape(), "sensorgate_outbox_bytes", None);
+    let screen = tmux.wait_for(LONG, "the exact depth and bytes, no readings", |s| {
+        let depth = line(s, "depth");
+        let oldest = metric(
+            &d.scrape(),
+            "sensorgate_outbox_oldest_record_age_seconds",
+            None,
+        );
+        number_after(depth, "depth") == Some(still)
+            && bytes_in(depth).is_some_and(|(shown, unit)| (shown - bytes / unit).abs() <= 0.051)
+            && seconds_after(depth, "oldest").is_some_and(|shown| (shown - oldest).abs() <= 2.0)
             && rate_in(line(s, "local")) == Some(0.0)
     });
+    eprintln!("the screen once the backlog holds still:\n{screen}");
 
     // Kafka back: UP, and the outbox drains to 0.
     d.kafka.broker_up(-1).unwrap();
