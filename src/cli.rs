@@ -1,5 +1,6 @@
-//! Subcommands other than `run`, one file each (`top` a folder). Each returns an [`ExitCode`]-like status and
-//! prints for an operator; `main.rs` only parses arguments and dispatches.
+//! Subcommands other than `run`, one file each (`top`, a file and a folder). Each returns an
+//! [`ExitCode`]-like status and prints for an operator; `main.rs` only parses arguments and
+//! dispatches.
 
 pub mod check_config;
 pub mod demo;
