@@ -81,6 +81,8 @@ for f in /usr/bin/sensorgate \
     /etc/sensorgate/schemas/reading.v1.json \
     /usr/lib/sysusers.d/sensorgate.conf \
     /usr/share/doc/sensorgate/examples/mosquitto.conf \
+    /usr/share/sensorgate/grafana/sensorgate.json \
+    /usr/share/sensorgate/prometheus/sensorgate.rules.yml \
     /usr/share/doc/sensorgate/copyright \
     /usr/share/doc/sensorgate/changelog.Debian.gz; do
     grep -qx "$f" "$work/files" || fail "$f is not in the package"

@@ -428,16 +428,26 @@ impl Backend {
 
     fn list(&self, filter: &Filter) -> Result<Vec<DeadLetter>, AdminError> {
         let mut out = Vec::new();
-        self.outbox.dlq().for_each(|r| {
-            if filter.matches(&r.meta) {
-                out.push(DeadLetter::from_record(&r));
-            }
-            true
-        })?;
-        if let Some(limit) = filter.limit {
-            let skip = out.len().saturating_sub(limit);
-            out.drain(..skip);
+        let Some(limit) = filter.limit else {
+            self.outbox.dlq().for_each(|r| {
+                if filter.matches(&r.meta) {
+                    out.push(DeadLetter::from_record(&r));
+                }
+                true
+            })?;
+            return Ok(out);
+        };
+        // The latest `limit`: read newest first and stop there, so that a full store is not
+        // read whole (and held in memory) for a few entries.
+        if limit > 0 {
+            self.outbox.dlq().for_each_newest(|r| {
+                if filter.matches(&r.meta) {
+                    out.push(DeadLetter::from_record(&r));
+                }
+                out.len() < limit
+            })?;
         }
+        out.reverse();
         Ok(out)
     }
 
@@ -642,6 +652,24 @@ pub async fn call(config: &Config, request: Request) -> Result<(Response, Mode),
     match response {
         Response::Error(message) => Err(AdminError::Remote(message)),
         other => Ok((other, mode)),
+    }
+}
+
+/// Sends `request` to the running daemon only (never opening the state directory, which would
+/// keep a starting daemon out of it): for `sensorgate top`, which watches a live gateway.
+pub async fn call_daemon(
+    path: &std::path::Path,
+    request: &Request,
+) -> Result<Response, AdminError> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|source| AdminError::Socket {
+            path: path.to_owned(),
+            source,
+        })?;
+    match exchange(stream, request).await? {
+        Response::Error(message) => Err(AdminError::Remote(message)),
+        other => Ok(other),
     }
 }
 

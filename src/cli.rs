@@ -1,5 +1,6 @@
-//! Subcommands other than `run`, one file each. Each returns an [`ExitCode`]-like status and
-//! prints for an operator; `main.rs` only parses arguments and dispatches.
+//! Subcommands other than `run`, one file each (`top`, a file and a folder). Each returns an
+//! [`ExitCode`]-like status and prints for an operator; `main.rs` only parses arguments and
+//! dispatches.
 
 pub mod check_config;
 pub mod demo;
@@ -7,6 +8,7 @@ pub mod dlq;
 pub mod queue;
 pub mod simulate;
 pub mod tail;
+pub mod top;
 pub mod validate;
 
 /// Process exit statuses of the command line.

@@ -313,6 +313,36 @@ impl Dlq {
         Ok(())
     }
 
+    /// Visits the dead letters newest first until `visit` returns false: reads only as far as it
+    /// goes (`sensorgate top`'s `d` view and `dlq list --limit` on a full store).
+    pub fn for_each_newest(&self, mut visit: impl FnMut(Record) -> bool) -> Result<()> {
+        // Parts come last part first: collect them in reverse, then put them in order.
+        let mut current: Option<(u64, Vec<sled::IVec>)> = None;
+        let finish = |id: u64, mut parts: Vec<sled::IVec>| {
+            parts.reverse();
+            decode(id, &parts.concat())
+        };
+        for item in self.tree.range(key(0, 0)..=key(u64::MAX, u16::MAX)).rev() {
+            let (k, v) = item.map_err(|e| self.sled_err(e))?;
+            let Some(id) = id_of(&k) else { continue };
+            match &mut current {
+                Some((cur, parts)) if *cur == id => parts.push(v),
+                _ => {
+                    if let Some((done, parts)) = current.take() {
+                        if !visit(finish(done, parts)?) {
+                            return Ok(());
+                        }
+                    }
+                    current = Some((id, vec![v]));
+                }
+            }
+        }
+        if let Some((done, parts)) = current {
+            visit(finish(done, parts)?);
+        }
+        Ok(())
+    }
+
     /// Every dead letter, oldest first.
     pub fn all(&self) -> Result<Vec<Record>> {
         let mut out = Vec::new();
@@ -515,6 +545,24 @@ mod tests {
             .map(|r| r.meta.dead_letter.as_ref().unwrap().id)
             .collect();
         assert_eq!(ids, [5, 9]);
+        let mut newest = Vec::new();
+        dlq.for_each_newest(|r| {
+            newest.push((r.meta.dead_letter.as_ref().unwrap().id, r.payload.len()));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            newest,
+            [(9, big.len()), (5, 4)],
+            "a big entry's parts in order"
+        );
+        let mut first = None;
+        dlq.for_each_newest(|r| {
+            first = Some(r.payload.len());
+            false
+        })
+        .unwrap();
+        assert_eq!(first, Some(big.len()));
         assert_eq!(dlq.remove(&[9, 10]).unwrap(), [9]);
         assert_eq!(dlq.size().entries, 1);
         assert!(dlq.get(9).unwrap().is_none());

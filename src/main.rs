@@ -123,6 +123,23 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// A live view of a running gateway: sources, validation, outbox, Kafka, downlinks, dead
+    /// letters (q quits, d shows the latest dead letters). Plain lines when stdout is not a
+    /// terminal.
+    Top {
+        /// Print one snapshot (two scrapes one interval apart) as plain text and exit.
+        #[arg(long)]
+        once: bool,
+        /// Time between scrapes.
+        #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// The metrics endpoint to read (host:port); default: `[metrics] listen` of the
+        /// configuration.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Consume Kafka topics and print each record, or aggregate per device with --stats.
     Tail {
         /// Kafka bootstrap servers, e.g. localhost:9092.
@@ -295,6 +312,14 @@ where
 
 /// How often `tail --stats` prints the table while running.
 const STATS_EVERY: Duration = Duration::from_secs(5);
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err("at least 100ms".to_owned()),
+        Err(e) => Err(e),
+    }
+}
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -541,6 +566,18 @@ fn main() -> ExitCode {
         } => admin_tool(&config.config, |config| async move {
             cli::queue::stats(&config, json, &mut std::io::stdout()).await
         }),
+        Command::Top {
+            once,
+            interval,
+            metrics,
+            config,
+        } => cli::top::main(
+            &config.config,
+            metrics,
+            interval,
+            once,
+            &mut std::io::stdout(),
+        ),
         Command::Tail {
             brokers,
             topic,

@@ -687,6 +687,11 @@ impl Outbox {
         self.ledger().bytes >= self.max_bytes
     }
 
+    /// The bound on segment bytes, `[queue] max_bytes` (for `/metrics`).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// After the last committed record.
     pub fn committed_end(&self) -> u64 {
         self.ledger().next_seq

@@ -8,11 +8,13 @@
 //!   which pings only while the pipeline's tasks show progress;
 //! - `logging.rs` sends logs to the journal (structured fields) or to stderr;
 //! - `downlink.rs` holds the counters of each downlink (commands from Kafka to devices).
+//! - `process.rs` reads the process's own memory, CPU and descriptors for `/metrics`.
 
 pub mod downlink;
 pub mod http;
 pub mod logging;
 pub mod notify;
+pub mod process;
 pub mod prometheus;
 
 use std::collections::BTreeMap;

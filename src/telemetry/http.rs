@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::process::ProcessStats;
 use super::prometheus::{render, Gauges};
 use super::Stats;
 use crate::outbox::Outbox;
@@ -30,8 +31,10 @@ impl Endpoint {
     fn gauges(&self) -> Gauges {
         Gauges {
             queue: self.outbox.stats(),
+            max_bytes: self.outbox.max_bytes(),
             now_ms: crate::record::now_ms(),
             policy: self.policy,
+            process: ProcessStats::read(),
         }
     }
 

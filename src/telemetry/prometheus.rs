@@ -1,9 +1,20 @@
 //! Every metric name, and the Prometheus text exposition (format 0.0.4) of a [`Snapshot`].
-//! Names are prefixed `sensorgate_`, carry their unit, and counters end in `_total`.
+//! Names are prefixed `sensorgate_`, carry their unit, and counters end in `_total`; the
+//! process's own figures use the `process_*` names every client library uses.
+//!
+//! Per-source and per-topic families list every source and topic the gateway knows of in each
+//! of them (0 until the first event), so that `rate()` and alerts see a counter from its first
+//! increment and a source that never reconnected still has a reconnect counter.
+//!
+//! `packaging/grafana/sensorgate.json`, `packaging/prometheus/sensorgate.rules.yml` and
+//! `sensorgate top` read these names: `tests/monitoring.rs` evaluates every dashboard query
+//! against a real Prometheus, so renaming one here fails the build.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::downlink::DownlinkSnapshot;
+use super::process::ProcessStats;
 use super::{Snapshot, LATENCY_BUCKETS};
 use crate::outbox::QueueStats;
 
@@ -12,10 +23,14 @@ use crate::outbox::QueueStats;
 pub struct Gauges {
     /// Outbox depth, bytes, oldest record, DLQ size.
     pub queue: QueueStats,
+    /// The outbox's bound, `[queue] max_bytes`.
+    pub max_bytes: u64,
     /// Now, in ms since the epoch (for ages).
     pub now_ms: u64,
     /// The outbox policy, for the drop counter's label.
     pub policy: &'static str,
+    /// The process's memory, CPU, descriptors.
+    pub process: ProcessStats,
 }
 
 struct Out(String);
@@ -55,6 +70,32 @@ impl Out {
             self.value(name, &[(label, key)], value);
         }
     }
+    fn optional(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: Option<impl std::fmt::Display>,
+    ) {
+        if let Some(value) = value {
+            self.single(name, kind, help, value);
+        }
+    }
+}
+
+/// `values` for every key of `keys`, 0 where it has none.
+fn every(keys: &[&String], values: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    keys.iter()
+        .map(|k| ((*k).clone(), values.get(*k).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// The union of some maps' keys, sorted.
+fn union<'a, V: 'a>(maps: impl IntoIterator<Item = &'a BTreeMap<String, V>>) -> Vec<&'a String> {
+    let mut all: Vec<&String> = maps.into_iter().flat_map(|m| m.keys()).collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 fn escape(value: &str) -> String {
@@ -66,7 +107,19 @@ fn escape(value: &str) -> String {
 
 /// Renders every metric.
 pub fn render(s: &Snapshot, g: &Gauges) -> String {
-    let mut o = Out(String::with_capacity(4096));
+    let mut o = Out(String::with_capacity(8192));
+    // Serial sources keep their own counters: they join the per-source families here.
+    let mut sources_up = s.sources_up.clone();
+    let mut reconnects = s.reconnects_by_source.clone();
+    for (name, port) in &s.serial {
+        sources_up.insert(name.clone(), port.open);
+        *reconnects.entry(name.clone()).or_default() += port.reconnects;
+    }
+    let mut sources = union([&s.received, &reconnects]);
+    sources.extend(sources_up.keys());
+    sources.sort();
+    sources.dedup();
+    let topics = union([&s.deliveries_by_topic, &s.failures_by_topic]);
     o.head("sensorgate_build_info", "gauge", "Build information.");
     o.value(
         "sensorgate_build_info",
@@ -79,7 +132,7 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "counter",
         "Readings received, by source.",
         "source",
-        s.received.iter().map(|(k, v)| (k, *v)),
+        every(&sources, &s.received).iter().map(|(k, v)| (k, *v)),
     );
     o.single(
         "sensorgate_readings_valid_total",
@@ -106,6 +159,12 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "gauge",
         "Bytes of the outbox's segment files.",
         g.queue.bytes,
+    );
+    o.single(
+        "sensorgate_outbox_max_bytes",
+        "gauge",
+        "The outbox's bound ([queue] max_bytes); when reached, the policy applies.",
+        g.max_bytes,
     );
     let age = g
         .queue
@@ -163,14 +222,18 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "counter",
         "Records Kafka confirmed, by topic.",
         "topic",
-        s.deliveries_by_topic.iter().map(|(k, v)| (k, *v)),
+        every(&topics, &s.deliveries_by_topic)
+            .iter()
+            .map(|(k, v)| (k, *v)),
     );
     o.map(
         "sensorgate_kafka_delivery_failures_total",
         "counter",
         "Transient delivery failures (retried from the outbox), by topic.",
         "topic",
-        s.failures_by_topic.iter().map(|(k, v)| (k, *v)),
+        every(&topics, &s.failures_by_topic)
+            .iter()
+            .map(|(k, v)| (k, *v)),
     );
     o.head(
         "sensorgate_kafka_publish_latency_seconds",
@@ -236,14 +299,16 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "counter",
         "Connection (MQTT) or device (serial) losses, by source.",
         "source",
-        s.reconnects_by_source.iter().map(|(k, v)| (k, *v)),
+        every(&sources, &reconnects).iter().map(|(k, v)| (k, *v)),
     );
     o.map(
         "sensorgate_source_up",
         "gauge",
         "1 while a source is connected or its device is open.",
         "source",
-        s.sources_up.iter().map(|(k, v)| (k, u64::from(*v))),
+        sources
+            .iter()
+            .map(|k| (*k, u64::from(sources_up.get(*k).copied().unwrap_or(false)))),
     );
     downlinks(&mut o, s);
     o.head(
@@ -260,6 +325,50 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "sensorgate_schema_reloads_total",
         &[("result", "failed")],
         s.reloads_failed,
+    );
+
+    let p = &g.process;
+    o.optional(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        p.resident_bytes,
+    );
+    o.optional(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        p.virtual_bytes,
+    );
+    o.optional(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        p.cpu_seconds,
+    );
+    o.optional(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        p.open_fds,
+    );
+    o.optional(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        p.max_fds,
+    );
+    o.optional(
+        "process_threads",
+        "gauge",
+        "Number of OS threads.",
+        p.threads,
+    );
+    o.optional(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        p.start_time_seconds,
     );
     o.0
 }
@@ -366,14 +475,7 @@ mod tests {
         downlink.command(crate::telemetry::downlink::CommandResult::NoTarget);
         downlink.set_lag([(2, 17)].into_iter().collect());
         downlink.set_up(true);
-        let text = render(
-            &stats.snapshot(),
-            &Gauges {
-                queue: QueueStats::default(),
-                now_ms: 0,
-                policy: "drop-oldest",
-            },
-        );
+        let text = render(&stats.snapshot(), &gauges());
         assert!(text.contains("sensorgate_readings_received_total{source=\"local\"} 1\n"));
         assert!(text.contains("sensorgate_dead_letters_total{reason=\"schema\"} 1\n"));
         assert!(text.contains("sensorgate_dlq_evicted_total 3\n"));
@@ -402,9 +504,65 @@ mod tests {
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split(' ').nth(2).unwrap();
             let kind = line.split(' ').nth(3).unwrap();
-            assert!(name.starts_with("sensorgate_"));
+            assert!(
+                name.starts_with("sensorgate_") || name.starts_with("process_"),
+                "{name}"
+            );
             assert_eq!(kind == "counter", name.ends_with("_total"), "{name}");
         }
+        assert!(text.contains("sensorgate_outbox_max_bytes 67108864\n"));
+        assert!(text.contains("process_resident_memory_bytes 4096\n"));
+        assert!(text.contains("process_start_time_seconds 1700000000.5\n"));
+        assert!(
+            !text.contains("process_max_fds"),
+            "a figure /proc did not give is left out"
+        );
+    }
+
+    fn gauges() -> Gauges {
+        Gauges {
+            queue: QueueStats::default(),
+            max_bytes: 64 << 20,
+            now_ms: 0,
+            policy: "drop-oldest",
+            process: ProcessStats {
+                resident_bytes: Some(4096),
+                start_time_seconds: Some(1_700_000_000.5),
+                ..ProcessStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn every_known_source_and_topic_has_each_per_source_and_per_topic_series() {
+        let stats = Stats::default();
+        stats.source_up("local", true);
+        stats.mqtt_reconnect("flaky");
+        stats.delivered("sensors.readings", false, Duration::from_millis(3));
+        stats.delivery_failed("sensors.readings.DLQ");
+        let port = stats.serial_port("uno");
+        port.set_open(true);
+        port.reconnected();
+        let text = render(&stats.snapshot(), &gauges());
+        for line in [
+            "sensorgate_readings_received_total{source=\"flaky\"} 0",
+            "sensorgate_readings_received_total{source=\"local\"} 0",
+            "sensorgate_readings_received_total{source=\"uno\"} 0",
+            "sensorgate_source_reconnects_total{source=\"local\"} 0",
+            "sensorgate_source_reconnects_total{source=\"flaky\"} 1",
+            "sensorgate_source_reconnects_total{source=\"uno\"} 1",
+            "sensorgate_source_up{source=\"local\"} 1",
+            "sensorgate_source_up{source=\"flaky\"} 0",
+            "sensorgate_source_up{source=\"uno\"} 1",
+            "sensorgate_kafka_deliveries_total{topic=\"sensors.readings.DLQ\"} 0",
+            "sensorgate_kafka_delivery_failures_total{topic=\"sensors.readings\"} 0",
+            "sensorgate_kafka_delivery_failures_total{topic=\"sensors.readings.DLQ\"} 1",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");
+        }
+        port.set_open(false);
+        let text = render(&stats.snapshot(), &gauges());
+        assert!(text.contains("sensorgate_source_up{source=\"uno\"} 0\n"));
     }
 
     #[test]

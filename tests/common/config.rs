@@ -185,3 +185,12 @@ pub fn command(device: &str, seq: u64) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Turns on the metrics endpoint of a configuration written by [`write_config`] or
+/// [`write_serial_config`], on 127.0.0.1:`port`.
+pub fn with_metrics(path: &Path, port: u16) {
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(path, text).unwrap();
+}

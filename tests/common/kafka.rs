@@ -10,6 +10,9 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// librdkafka's in-process mock cluster with the given topics (4 partitions each).
+///
+/// Its sockets are not close-on-exec: start long-lived child processes with
+/// [`super::clean_command`], or a `broker_down` goes unnoticed by the gateway.
 pub fn kafka(topics: &[&str]) -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(3).expect("mock cluster");
     for topic in topics {

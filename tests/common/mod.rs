@@ -3,8 +3,10 @@
 //! (`kafka`, with a producer and the committed offsets of a group), gateway configurations
 //! (`config`), socat pseudo-terminals (`serial`), the gateway in process (`gateway`) and as a
 //! process, with its CPU, memory and I/O (`process`), devices that receive downlink commands
-//! (`devices`), a TCP proxy that can swallow traffic (`proxy`), and log capture
-//! (`log_capture`). Every wait polls a condition against a deadline.
+//! (`devices`), a TCP proxy that can swallow traffic (`proxy`), log capture (`log_capture`), a
+//! real Prometheus server and promtool (`prometheus`), a program in a tmux terminal (`tmux`),
+//! and a whole deployment, broker, Kafka and gateway process (`running`). Every wait polls a
+//! condition against a deadline.
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
@@ -15,8 +17,11 @@ mod gateway;
 mod kafka;
 mod log_capture;
 mod process;
+mod prometheus;
 mod proxy;
+mod running;
 mod serial;
+mod tmux;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -29,8 +34,11 @@ pub use kafka::*;
 pub use log_capture::capture as logs;
 pub use log_capture::init_logging;
 pub use process::*;
+pub use prometheus::*;
 pub use proxy::*;
+pub use running::*;
 pub use serial::*;
+pub use tmux::*;
 
 /// Waits until `cond` holds, panicking with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -108,6 +108,70 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// A command that runs `program` without the file descriptors the test process would pass on.
+///
+/// Rust opens every descriptor close-on-exec, but librdkafka's mock cluster does not: a child
+/// spawned while the in-process mock runs inherits its broker sockets, and one that outlives a
+/// `broker_down` keeps the gateway's connections open, so the gateway never sees the outage.
+/// Long-lived helpers (load generators, Prometheus, tmux) start through this: bash closes every
+/// descriptor above 2, then execs the program (same pid).
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(
+            r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null; exec "$@""#,
+        )
+        .arg("sensorgate-test")
+        .arg(program);
+    command
+}
+
+/// Whether `program` is on the PATH. When it is not, prints that `test` is SKIPPED and why;
+/// under `CI=true` (`scripts/test.sh` installs every tool the tests use) it fails instead, so
+/// that a build machine cannot pass without running the test.
+pub fn have_tool(program: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if !found {
+        let message =
+            format!("SKIPPED: {test}: `{program}` is not installed (scripts/test.sh installs it)");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        // Straight to stderr: the test harness hides `eprintln!` of a passing test.
+        let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
+    }
+    found
+}
+
+/// A child process killed (and reaped) on drop: load generators, `top` on a pipe.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sensorgate simulate` against `mqtt_url` at `rate` readings/s over `devices` devices, a
+/// share `invalid_ratio` of them invalid, until dropped: steady load for a gateway under test.
+pub fn simulate(mqtt_url: &str, rate: u32, devices: u32, invalid_ratio: f64) -> ChildGuard {
+    let child = clean_command(gateway_binary())
+        .args(["simulate", "--mqtt", mqtt_url, "--seed", "7"])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--devices",
+            &devices.to_string(),
+        ])
+        .args(["--invalid-ratio", &invalid_ratio.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    ChildGuard(child)
+}
+
 /// CPU time, memory and writes of a process, from `/proc/<pid>/{stat,status,io}`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcUsage {
@@ -181,10 +245,11 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// A plain HTTP GET on 127.0.0.1: status code and body.
+/// A plain HTTP GET on 127.0.0.1: status code and body. HTTP/1.0, so that any server (the
+/// gateway's, Prometheus's) answers with the whole body, not chunks, and then closes.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let code = response[9..12].parse().unwrap();
