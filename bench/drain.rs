@@ -21,6 +21,11 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(900);
 
+/// The gateway's log filter: `warn`, or `SENSORGATE_BENCH_LOG` (e.g. `sensorgate::publish=debug`).
+fn log_filter() -> String {
+    std::env::var("SENSORGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -171,7 +176,7 @@ fn dir_bytes(path: &Path) -> u64 {
 async fn backlog_drain(n: u64) {
     let s = setup();
     // Create the persistent session and its subscription, then stop the gateway.
-    let mut gw = GatewayProcess::spawn(&s.config, &s.log, &[("RUST_LOG", "warn")]);
+    let mut gw = GatewayProcess::spawn(&s.config, &s.log, &[("RUST_LOG", &log_filter())]);
     wait_subscribed(s.port).await;
     gw.signal("TERM");
     tokio::task::block_in_place(|| gw.wait());
@@ -185,7 +190,7 @@ async fn backlog_drain(n: u64) {
     );
 
     let start = Instant::now();
-    let gw = GatewayProcess::spawn(&s.config, &s.log, &[("RUST_LOG", "warn")]);
+    let gw = GatewayProcess::spawn(&s.config, &s.log, &[("RUST_LOG", &log_filter())]);
     let mut peak_kib = 0;
     wait_for(LIMIT, "every reading in Kafka", || {
         peak_kib = peak_kib.max(gw.usage().hwm_kib);
@@ -218,7 +223,7 @@ async fn backlog_drain(n: u64) {
 
 async fn outbox_drain(m: u64) {
     let s = setup();
-    let gw = GatewayProcess::spawn(&s.config, &s.log, &[("RUST_LOG", "warn")]);
+    let gw = GatewayProcess::spawn(&s.config, &s.log, &[("RUST_LOG", &log_filter())]);
     wait_subscribed(s.port).await;
     let idle = gw.usage();
     s.kafka.broker_down(-1).unwrap();

@@ -15,9 +15,12 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How often, at most, the watermark is fsynced while it moves: one small in-place write per
-/// 5 s is little wear for an SD card, and bounds what a power cut sends again.
+/// How often, at most, the watermark is fsynced while it moves slowly: one small in-place write
+/// per 5 s is little wear for an SD card, and bounds what a power cut sends again.
 pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(5);
+/// While a backlog drains fast, it is also fsynced whenever it moved this many records since
+/// the last fsync, so a power cut during a catch-up does not resend seconds of it.
+pub(crate) const SYNC_AFTER: u64 = 50_000;
 
 /// The open watermark file.
 #[derive(Debug)]
@@ -25,7 +28,10 @@ pub(crate) struct WatermarkFile {
     file: File,
     path: PathBuf,
     last: [u8; 12],
+    /// The watermark in `last`.
+    current: u64,
     synced_at: Instant,
+    synced: u64,
     unsynced: bool,
 }
 
@@ -43,7 +49,7 @@ impl WatermarkFile {
             .truncate(false)
             .open(&path)?;
         let mut buf = [0u8; 12];
-        let found = match file.read_exact_at(&mut buf, 0) {
+        let found: Option<u64> = match file.read_exact_at(&mut buf, 0) {
             Ok(()) => decode(&buf),
             Err(_) => None,
         };
@@ -52,7 +58,9 @@ impl WatermarkFile {
                 file,
                 path,
                 last: buf,
+                current: found.unwrap_or(0),
                 synced_at: Instant::now(),
+                synced: found.unwrap_or(0),
                 unsynced: false,
             },
             found,
@@ -60,17 +68,21 @@ impl WatermarkFile {
     }
 
     /// Overwrites the watermark with `settled`, if given; with `fsync`, makes the file durable
-    /// when it changed and [`SYNC_EVERY`] passed since the last time.
+    /// when it changed and [`SYNC_EVERY`] passed since the last time, or it moved by
+    /// [`SYNC_AFTER`] records.
     pub(crate) fn write(&mut self, settled: Option<u64>, fsync: bool) -> std::io::Result<()> {
         if let Some(settled) = settled {
             let buf = encode(settled);
             if buf != self.last {
                 self.file.write_all_at(&buf, 0)?;
                 self.last = buf;
+                self.current = settled;
                 self.unsynced = true;
             }
         }
-        if fsync && self.unsynced && self.synced_at.elapsed() >= SYNC_EVERY {
+        let due = self.synced_at.elapsed() >= SYNC_EVERY
+            || self.current.saturating_sub(self.synced) >= SYNC_AFTER;
+        if fsync && self.unsynced && due {
             self.sync()?;
         }
         Ok(())
@@ -80,6 +92,7 @@ impl WatermarkFile {
     pub(crate) fn sync(&mut self) -> std::io::Result<()> {
         self.file.sync_data()?;
         self.synced_at = Instant::now();
+        self.synced = self.current;
         self.unsynced = false;
         Ok(())
     }

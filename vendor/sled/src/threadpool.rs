@@ -21,9 +21,7 @@ const MAX_THREADS: usize = 16;
 #[cfg(not(windows))]
 const MAX_THREADS: usize = 128;
 
-// sensorgate patch: one idle I/O thread instead of seven (more are still spawned under load
-// and leave when idle); each idle thread woke every second.
-const DESIRED_WAITING_THREADS: usize = 1;
+const DESIRED_WAITING_THREADS: usize = 7;
 
 static WAITING_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 static TOTAL_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
