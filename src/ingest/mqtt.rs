@@ -143,7 +143,11 @@ impl MqttSource {
                 End::Lost(e) => {
                     failures += 1;
                     self.stats.mqtt_reconnect(&name);
-                    if failures == 1 {
+                    if failures == 1 && self.needs_client_cert_hint(&e) {
+                        // TLS 1.3: a broker that wants a client certificate refuses after the
+                        // handshake, which the client sees as a reset, not as an alert.
+                        tracing::warn!(source = %name, error = %e, hint = "the broker may require a client certificate: set cert_file and key_file", "MQTT connection failed; reconnecting with backoff");
+                    } else if failures == 1 {
                         tracing::warn!(source = %name, error = %e, "MQTT connection failed; reconnecting with backoff");
                     } else {
                         tracing::debug!(source = %name, error = %e, attempts = failures, "MQTT reconnect failed");
@@ -164,6 +168,14 @@ impl MqttSource {
         self.stats.source_up(&name, false);
         tracing::info!(source = %name, "MQTT source stopped");
         Ok(())
+    }
+
+    /// Whether `error` may be a broker refusing a TLS client without a certificate.
+    fn needs_client_cert_hint(&self, error: &rumqttc::ConnectionError) -> bool {
+        let tls = BrokerAddress::parse(&self.config.url).is_ok_and(|a| a.tls);
+        let reset = error.to_string().contains("reset by peer")
+            || matches!(error, rumqttc::ConnectionError::Io(_));
+        tls && self.config.cert_file.is_none() && reset
     }
 
     /// Serves one connection until it fails, the pipeline closes or `stop`.
