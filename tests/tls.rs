@@ -112,13 +112,13 @@ fn mqtt_mutual_tls_works_and_each_bad_certificate_fails_clearly_losing_nothing()
             "a CA that did not sign the broker's certificate",
             good.clone(),
             wrong_ca,
-            "certificate verify failed",
+            "(self-signed certificate in certificate chain)",
         ),
         (
             "the system's CAs, which do not hold the test CA",
             good.clone(),
             system_store_only.clone(),
-            "certificate verify failed",
+            "(self-signed certificate in certificate chain)",
         ),
         (
             "no client certificate",
@@ -130,7 +130,7 @@ fn mqtt_mutual_tls_works_and_each_bad_certificate_fails_clearly_losing_nothing()
             "a certificate for another host",
             format!("mqtts://127.0.0.1:{}", broker.wrong_host),
             mutual.clone(),
-            "certificate verify failed",
+            "(IP address mismatch)",
         ),
         (
             "an expired certificate",

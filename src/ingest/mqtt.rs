@@ -145,7 +145,7 @@ impl MqttSource {
                     self.stats.mqtt_reconnect(&name);
                     if failures == 1 && self.needs_client_cert_hint(&e) {
                         // TLS 1.3: a broker that wants a client certificate refuses after the
-                        // handshake, which the client sees as a reset, not as an alert.
+                        // handshake, which the client sees as an alert or as a reset.
                         tracing::warn!(source = %name, error = %e, hint = "the broker may require a client certificate: set cert_file and key_file", "MQTT connection failed; reconnecting with backoff");
                     } else if failures == 1 {
                         tracing::warn!(source = %name, error = %e, "MQTT connection failed; reconnecting with backoff");
@@ -173,7 +173,9 @@ impl MqttSource {
     /// Whether `error` may be a broker refusing a TLS client without a certificate.
     fn needs_client_cert_hint(&self, error: &rumqttc::ConnectionError) -> bool {
         let tls = BrokerAddress::parse(&self.config.url).is_ok_and(|a| a.tls);
-        let reset = error.to_string().contains("reset by peer")
+        let text = error.to_string();
+        let reset = text.contains("reset by peer")
+            || text.contains("certificate required")
             || matches!(error, rumqttc::ConnectionError::Io(_));
         tls && self.config.cert_file.is_none() && reset
     }
