@@ -307,3 +307,34 @@ cert_file = "{ca}"
         "{exposed}"
     );
 }
+
+#[test]
+fn turning_tls_verification_off_is_warned_about_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"enable.ssl.certificate.verification\" = false\n",
+    );
+    let (code, text) = check_config(&config, &[]);
+    assert_eq!(code, 0, "allowed (a test bench may need it): {text}");
+    assert!(
+        text.contains("WARNING")
+            && text.contains("enable.ssl.certificate.verification")
+            && text.contains("NOT verified"),
+        "{text}"
+    );
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &[]);
+    wait_until(Duration::from_secs(30), "the gateway to start", || {
+        gateway.log_count("Serving the admin API") == 1
+    });
+    assert!(
+        gateway.log_text().contains("INSECURE:"),
+        "{}",
+        gateway.log_text()
+    );
+    // The signal handlers are installed before the start: SIGTERM now is a clean stop.
+    gateway.signal("TERM");
+    let status = gateway.wait();
+    assert!(status.success(), "{status:?}\n{}", gateway.log_text());
+}
