@@ -191,6 +191,10 @@ fn mqtt_mutual_tls_works_and_each_bad_certificate_fails_clearly_losing_nothing()
     stop(gateway);
 }
 
+/// A Kafka TLS case: what, the server's certificate, `[kafka.properties]`, the gateway's
+/// environment, and the TLS alert the server must receive (empty: the handshake succeeds).
+type KafkaCase<'a> = (&'a str, &'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+
 /// `base` with Kafka at `brokers` and `properties` as its `[kafka.properties]`, written to
 /// `path`.
 fn kafka_variant(base: &str, brokers: &str, properties: &str, path: &Path) {
@@ -231,7 +235,7 @@ fn kafka_tls_finds_the_system_cas_and_bad_certificates_keep_readings_in_the_outb
     // librdkafka logs "certificate verify failed" for each bad case (it would tell why only
     // through a verify callback, which rdkafka does not offer); the alert the gateway sends
     // the server names the reason.
-    let cases: [(&str, &str, String, Vec<(&str, &str)>, &str); 4] = [
+    let cases: [KafkaCase; 4] = [
         (
             "wrong CA",
             "server",

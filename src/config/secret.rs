@@ -145,15 +145,21 @@ pub(super) fn toml_error(error: &toml::de::Error, text: &str) -> String {
     let line_no = text[..line_start].matches('\n').count() + 1;
     let column = text[line_start..start].chars().count() + 1;
     let line = &text[line_start..line_end];
-    let message = match line.split_once('=') {
+    // The key (or table header) of the line is named; its value never quoted.
+    let (key, message) = match line.split_once('=') {
         Some((key, value)) if is_secret_name(key) => {
             let value = value.trim();
             let unquoted = value.trim_matches(['"', '\'']);
-            redact(message, [value, unquoted])
+            (Some(key.trim()), redact(message, [value, unquoted]))
         }
-        _ => message.to_owned(),
+        Some((key, _)) => (Some(key.trim()), message.to_owned()),
+        None if line.trim_start().starts_with('[') => (Some(line.trim()), message.to_owned()),
+        None => (None, message.to_owned()),
     };
-    format!("line {line_no}, column {column}: {message}")
+    match key {
+        Some(key) => format!("line {line_no}, column {column}, at `{key}`: {message}"),
+        None => format!("line {line_no}, column {column}: {message}"),
+    }
 }
 
 #[cfg(test)]
