@@ -309,18 +309,20 @@ cert_file = "{ca}"
 }
 
 #[test]
-fn turning_tls_verification_off_is_warned_about_loudly() {
+fn turning_tls_verification_off_and_inline_secrets_are_warned_about_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         dir.path(),
-        "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"enable.ssl.certificate.verification\" = false\n",
+        &format!("[kafka.properties]\n\"security.protocol\" = \"SSL\"\n\"enable.ssl.certificate.verification\" = false\n\"sasl.password\" = \"{CANARY}\"\n"),
     );
     let (code, text) = check_config(&config, &[]);
     assert_eq!(code, 0, "allowed (a test bench may need it): {text}");
     assert!(
         text.contains("WARNING")
             && text.contains("enable.ssl.certificate.verification")
-            && text.contains("NOT verified"),
+            && text.contains("NOT verified")
+            && text.contains("\"sasl.password\" is a secret written in the configuration file")
+            && !text.contains(CANARY),
         "{text}"
     );
     let log = dir.path().join("gateway.log");

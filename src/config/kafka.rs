@@ -133,10 +133,19 @@ impl KafkaConfig {
         Ok(all)
     }
 
-    /// Warnings for settings that weaken transport security (TLS certificate verification
-    /// turned off): logged at start and printed by `check-config`.
+    /// Warnings for settings that weaken security (a secret written inline, TLS certificate
+    /// verification turned off): logged at start and printed by `check-config`.
     pub fn security_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        for name in self
+            .properties
+            .keys()
+            .filter(|k| super::secret::is_secret_name(k))
+        {
+            warnings.push(format!(
+                "kafka.properties.\"{name}\" is a secret written in the configuration file; move it to a file named in [kafka.property_files] (its value is never printed)"
+            ));
+        }
         let verification = self.properties.get("enable.ssl.certificate.verification");
         if verification
             .is_some_and(|v| matches!(v.to_string().to_ascii_lowercase().as_str(), "false" | "0"))
