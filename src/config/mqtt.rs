@@ -229,10 +229,12 @@ impl BrokerAddress {
             _ => return Err(err("unknown scheme")),
         };
         let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if authority.contains('@') {
-            return Err(err(
-                "credentials do not belong in the URL; use username and password_file",
-            ));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            // The password is not repeated in the message.
+            return Err(UrlError {
+                url: format!("{scheme}://{}@{host}", super::secret::REDACTED),
+                why: "credentials do not belong in the URL; use username and password_file",
+            });
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
@@ -273,7 +275,11 @@ mod tests {
         let a = BrokerAddress::parse("mqtt://[::1]:1883").unwrap();
         assert_eq!(a.host, "::1");
         assert!(BrokerAddress::parse("http://x").is_err());
-        assert!(BrokerAddress::parse("mqtt://u:p@host").is_err());
+        let err = BrokerAddress::parse("mqtt://u:hunter2@host").unwrap_err();
+        assert!(
+            !err.to_string().contains("hunter2") && err.to_string().contains("mqtt://***@host"),
+            "{err}"
+        );
         assert!(BrokerAddress::parse("mqtt://host:notaport").is_err());
     }
 

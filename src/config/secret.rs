@@ -30,6 +30,10 @@ pub fn is_secret_name(name: &str) -> bool {
     if name == "key" || matches!(*last, "location" | "file" | "dir" | "path") {
         return false;
     }
+    // May carry a client secret (unsecured JWS settings).
+    if name == "sasl.oauthbearer.config" {
+        return true;
+    }
     words.iter().any(|w| {
         matches!(
             *w,
@@ -175,6 +179,7 @@ mod tests {
             "sasl.oauthbearer.client.secret",
             "sasl.oauthbearer.token.endpoint.url",
             "sasl.jaas.config",
+            "sasl.oauthbearer.config",
             "api_token",
             "\"sasl.password\"",
         ] {
