@@ -123,6 +123,12 @@ uid=$(awk -F: '$1 == "sensorgate" { print $3 }' "$root/etc/passwd")
 stat -c '%a %u:%g %n' "$root/var/lib/sensorgate"
 [[ $(stat -c '%a %u' "$root/var/lib/sensorgate") == "750 $uid" ]] ||
     fail "/var/lib/sensorgate is not mode 0750 owned by sensorgate"
+gid=$(awk -F: '$1 == "sensorgate" { print $3 }' "$root/etc/group")
+stat -c '%a %u:%g %n' "$root/etc/sensorgate" "$root/etc/sensorgate/sensorgate.toml"
+[[ $(stat -c '%a %u:%g' "$root/etc/sensorgate") == "750 0:$gid" ]] ||
+    fail "/etc/sensorgate is not mode 0750 root:sensorgate"
+[[ $(stat -c '%a %u:%g' "$root/etc/sensorgate/sensorgate.toml") == "640 0:$gid" ]] ||
+    fail "/etc/sensorgate/sensorgate.toml is not mode 0640 root:sensorgate"
 ls -l "$root/etc/systemd/system/multi-user.target.wants/sensorgate.service" ||
     fail "the unit was not enabled"
 ls -l "$root/usr/lib/systemd/system/sensorgate.service" "$root/usr/bin/sensorgate" "$root/etc/sensorgate"

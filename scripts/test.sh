@@ -2,7 +2,7 @@
 # Runs the whole test suite: formatting, lints, every test target, doc tests.
 #
 # Works on a fresh Debian 12 machine that has Rust (rustup) and gcc: it installs what is missing
-# with apt-get (mosquitto, socat, strace, prometheus and tmux for the end-to-end tests; g++ and
+# with apt-get (mosquitto, socat, strace, openssl, prometheus and tmux for the end-to-end tests; g++ and
 # make, which librdkafka's build needs; scripts/powercut.sh installs qemu and the rest of what the
 # power-cut test needs) and the rustfmt and clippy components with rustup.
 set -euo pipefail
@@ -36,6 +36,10 @@ fi
 # Kafka and MQTT TLS link the system's OpenSSL, found with pkg-config.
 if ! dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q 'install ok installed'; then
     packages+=(libssl-dev pkg-config)
+fi
+# tests/tls.rs makes its certificates and a TLS endpoint with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+    packages+=(openssl)
 fi
 # tests/monitoring.rs runs Prometheus and promtool; tests/top.rs runs `sensorgate top` in tmux.
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then

@@ -117,12 +117,21 @@ impl Handle {
     }
     /// Re-reads the configuration file and swaps in its routes and schemas (SIGHUP). The new set
     /// is compiled and checked first; on any error the old set stays, and the error is logged
-    /// and counted. Other sections (sources, queue, Kafka) take effect at the next restart.
+    /// and counted. Other sections (sources, queue, Kafka) take effect at the next restart; the
+    /// Kafka section is checked too (see below).
     pub fn reload(&self) -> Result<(), AppError> {
         notify::reloading();
+        // The Kafka section takes effect at the next start, but is checked now (its property
+        // files re-read, librdkafka's own checks), so a broken one is reported at the reload
+        // that brought it, not at the next restart.
         let result = Config::load(&self.config_path)
             .map_err(AppError::from)
-            .and_then(|config| checked_rules(&config));
+            .and_then(|config| {
+                let rules = checked_rules(&config)?;
+                crate::publish::kafka::producer_config_check(&config)
+                    .map_err(|e| AppError::Publish(PublishError::Producer(e)))?;
+                Ok(rules)
+            });
         let outcome = match result {
             Ok(rules) => {
                 let routes = rules.router.routes().len();
@@ -210,6 +219,9 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         config.gateway.id.clone(),
         stats.clone(),
     );
+    for warning in config.kafka.security_warnings() {
+        tracing::warn!("INSECURE: {warning}");
+    }
     // Fail fast on a producer configuration librdkafka rejects.
     publisher.create_producer()?;
     let mut sinks = AckSinks::default();

@@ -21,6 +21,7 @@ mod mqtt;
 mod queue;
 mod retry;
 mod route;
+mod secret;
 mod serial;
 mod topic_filter;
 pub mod units;
@@ -43,6 +44,10 @@ pub use mqtt::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET};
 pub use queue::{QueueConfig, WhenFull};
 pub use retry::RetryConfig;
 pub use route::{RouteConfig, SourceKind};
+pub use secret::{
+    is_secret_name, read_bytes as read_secret_bytes, read_file as read_secret_file, redact,
+    SecretFileError, CREDENTIALS_DIRECTORY, REDACTED,
+};
 pub use serial::{
     Column, ColumnError, ColumnType, FlowControl, Parity, SerialConfig, SerialFormat,
     SERIAL_MAX_LINE_LIMIT, SERIAL_RECONNECT_MIN,
@@ -133,7 +138,8 @@ pub enum ConfigError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// toml's message, which names the key and line.
+        /// toml's message, which names the key and line (never quoting it: a secret's value is
+        /// `***`).
         message: String,
     },
     /// The file parsed but some values do not fit together.
@@ -161,7 +167,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: secret::toml_error(&e, text),
         })?;
         config.path = path.to_owned();
         let base = path.parent().unwrap_or(Path::new("."));
@@ -176,6 +182,14 @@ impl Config {
         for mqtt in &mut config.mqtt {
             mqtt.password_file.as_mut().map(resolve);
             mqtt.ca_file.as_mut().map(resolve);
+            mqtt.cert_file.as_mut().map(resolve);
+            mqtt.key_file.as_mut().map(resolve);
+        }
+        let credentials = secret::credentials_base(base);
+        for file in config.kafka.property_files.values_mut() {
+            if file.is_relative() {
+                *file = credentials.join(&*file);
+            }
         }
         Ok(config)
     }

@@ -76,6 +76,14 @@ pub enum DownlinkError {
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
     },
+    /// The Kafka consumer could not be created (secret values shown as `***`).
+    #[error("downlink `{name}`: Kafka consumer: {source}")]
+    Client {
+        /// The downlink.
+        name: String,
+        /// What failed.
+        source: crate::publish::kafka::ClientError,
+    },
     /// The MQTT connection cannot be configured (a credential or CA file).
     #[error("downlink `{name}`: MQTT: {source}")]
     Mqtt {
@@ -154,7 +162,7 @@ impl Downlink {
         })?;
         let (consumer, shared) =
             consumer::create(&config.kafka, &downlink, gateway, name.as_str().into()).map_err(
-                |source| DownlinkError::Kafka {
+                |source| DownlinkError::Client {
                     name: name.clone(),
                     source,
                 },

@@ -355,10 +355,12 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
         }
     };
     logging::init(&config.gateway.log_level);
-    let handle = Arc::new(sensorgate::app::start(config)?);
+    // Installed before the start, so a SIGTERM or SIGHUP that arrives while the gateway starts
+    // waits for it instead of killing the process.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let handle = Arc::new(sensorgate::app::start(config)?);
     let signals = {
         let handle = handle.clone();
         tokio::spawn(async move {

@@ -185,6 +185,8 @@ fn commented_out_keys_in_the_example_are_accepted() {
                 "username",
                 "password_file",
                 "ca_file",
+                "cert_file",
+                "key_file",
                 "columns",
                 "\"",
             ];
@@ -210,6 +212,8 @@ fn commented_out_keys_in_the_example_are_accepted() {
     );
     assert_eq!(config.mqtt[0].username.as_deref(), Some("sensorgate"));
     assert!(config.mqtt[0].password_file.is_some() && config.mqtt[0].ca_file.is_some());
+    assert!(config.mqtt[0].cert_file.is_some() && config.mqtt[0].key_file.is_some());
+    assert!(config.kafka.property_files.contains_key("sasl.password"));
     // The commented CSV columns parse (they need format = "csv" to pass check-config).
     let columns = config.serial[0].csv_columns().unwrap();
     assert_eq!(

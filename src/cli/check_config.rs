@@ -39,6 +39,10 @@ pub fn run(path: &Path, out: &mut dyn Write) -> std::io::Result<Status> {
         }
         failed = true;
     }
+    // Settings that weaken TLS are allowed (a test bench may need them) but said loudly.
+    for warning in config.kafka.security_warnings() {
+        writeln!(out, "{}: WARNING: {warning}", path.display())?;
+    }
     // librdkafka validates property names and values when a client is created (no connection).
     if let Err(e) = crate::publish::kafka::producer_config_check(&config) {
         writeln!(out, "{}: kafka: {e}", path.display())?;

@@ -1,12 +1,15 @@
 //! `[kafka]`: where readings go, the producer's settings, and any librdkafka property
-//! (`[kafka.properties]`). Also the rule for Kafka topic names, which routes share.
+//! (`[kafka.properties]`, or read from a file: `[kafka.property_files]`, for secrets). Also the
+//! rule for Kafka topic names, which routes share.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::secret::{self, SecretFileError};
 use super::units::{self, ByteSize};
 use super::Problem;
 
@@ -69,6 +72,12 @@ pub struct KafkaConfig {
     /// Any librdkafka property, applied last (so it wins over the keys above).
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Any librdkafka property whose value is the first line of a file (for secrets such as
+    /// `sasl.password`). A relative name is looked up in `$CREDENTIALS_DIRECTORY` when systemd
+    /// set it (`LoadCredential=`), else next to this file. Read whenever a Kafka client is
+    /// created and checked on every load and reload; others must have no access to the file.
+    #[serde(default)]
+    pub property_files: BTreeMap<String, PathBuf>,
 }
 
 impl KafkaConfig {
@@ -97,7 +106,60 @@ impl KafkaConfig {
         if let Err(e) = check_topic_name(&format!("{}{}", self.unrouted_topic, self.dlq_suffix)) {
             problems.push(Problem::new("unrouted_topic", e));
         }
+        for (name, file) in &self.property_files {
+            let key = format!("property_files.\"{name}\"");
+            if self.properties.contains_key(name) {
+                problems.push(Problem::new(
+                    key.clone(),
+                    "is also set in [kafka.properties]; keep one",
+                ));
+            }
+            if let Err(e) = secret::read_file(file) {
+                problems.push(Problem::new(key, e.to_string()));
+            }
+        }
         problems
+    }
+
+    /// Every librdkafka property to apply after our defaults: `properties`, then the values of
+    /// `property_files` read now.
+    pub fn client_properties(&self) -> Result<Vec<(String, String)>, SecretFileError> {
+        let mut all: Vec<(String, String)> = (self.properties.iter())
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        for (name, file) in &self.property_files {
+            all.push((name.clone(), secret::read_file(file)?));
+        }
+        Ok(all)
+    }
+
+    /// Warnings for settings that weaken security (a secret written inline, TLS certificate
+    /// verification turned off): logged at start and printed by `check-config`.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for name in self
+            .properties
+            .keys()
+            .filter(|k| super::secret::is_secret_name(k))
+        {
+            warnings.push(format!(
+                "kafka.properties.\"{name}\" is a secret written in the configuration file; move it to a file named in [kafka.property_files] (its value is never printed)"
+            ));
+        }
+        let verification = self.properties.get("enable.ssl.certificate.verification");
+        if verification
+            .is_some_and(|v| matches!(v.to_string().to_ascii_lowercase().as_str(), "false" | "0"))
+        {
+            warnings.push("kafka.properties.\"enable.ssl.certificate.verification\" = false: the broker's TLS certificate is NOT verified; anyone on the network path can impersonate the Kafka cluster and read the readings and credentials".to_owned());
+        }
+        if self
+            .properties
+            .get("ssl.endpoint.identification.algorithm")
+            .is_some_and(|v| v.to_string().eq_ignore_ascii_case("none"))
+        {
+            warnings.push("kafka.properties.\"ssl.endpoint.identification.algorithm\" = none: the broker's host name is NOT checked against its certificate".to_owned());
+        }
+        warnings
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use super::secret;
 use super::topic_filter::TopicFilter;
 use super::units::{self, ByteSize};
 use super::Problem;
@@ -30,15 +31,23 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     /// Topic filters to subscribe to at QoS 1.
     pub topics: Vec<String>,
-    /// User name, if the broker wants one.
+    /// User name, if the broker wants one (then `password_file` too).
     #[serde(default)]
     pub username: Option<String>,
-    /// A file whose first line is the password (never inline in this file).
+    /// A file whose first line is the password (never inline in this file); others must have
+    /// no access to it.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
     /// PEM CA bundle for `mqtts://` (default: the system's roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS, `mqtts://` only), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM PKCS#8 private key of `cert_file` (`BEGIN PRIVATE KEY`); others must have no
+    /// access to it.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// MQTT keep-alive interval.
     #[serde(default = "default_keep_alive", with = "units::duration")]
     pub keep_alive: Duration,
@@ -63,8 +72,26 @@ impl MqttConfig {
     /// [`super::Config::problems`] (names).
     pub fn check(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if let Err(e) = BrokerAddress::parse(&self.url) {
-            problems.push(Problem::new("url", e.to_string()));
+        match BrokerAddress::parse(&self.url) {
+            Err(e) => problems.push(Problem::new("url", e.to_string())),
+            Ok(address) if !address.tls => {
+                for (key, file) in [
+                    ("ca_file", &self.ca_file),
+                    ("cert_file", &self.cert_file),
+                    ("key_file", &self.key_file),
+                ] {
+                    if file.is_some() {
+                        problems.push(Problem::new(
+                            key,
+                            format!(
+                                "is a TLS setting but `{}` is plaintext; use mqtts:// (or leave {key} out)",
+                                self.url
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(_) => {}
         }
         if self.client_id.as_deref() == Some("") {
             problems.push(Problem::new(
@@ -83,17 +110,41 @@ impl MqttConfig {
                 problems.push(Problem::new(format!("topics[{j}]"), e.to_string()));
             }
         }
-        if let Some(file) = &self.password_file {
-            if let Err(e) = std::fs::metadata(file) {
-                problems.push(Problem::new(
-                    "password_file",
-                    format!("{}: {e}", file.display()),
-                ));
+        match (&self.username, &self.password_file) {
+            (Some(_), None) => problems.push(Problem::new(
+                "username",
+                "needs password_file (a file whose first line is the password)",
+            )),
+            (None, Some(_)) => problems.push(Problem::new(
+                "password_file",
+                "needs username (the broker's user for this password)",
+            )),
+            _ => {}
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => problems.push(Problem::new(
+                "cert_file",
+                "needs key_file (the certificate's private key)",
+            )),
+            (None, Some(_)) => problems.push(Problem::new(
+                "key_file",
+                "needs cert_file (the client certificate of this key)",
+            )),
+            _ => {}
+        }
+        for (key, file) in [
+            ("password_file", &self.password_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(Err(e)) = file.as_deref().map(secret::check_file) {
+                problems.push(Problem::new(key, e.to_string()));
             }
         }
-        if let Some(file) = &self.ca_file {
-            if let Err(e) = std::fs::metadata(file) {
-                problems.push(Problem::new("ca_file", format!("{}: {e}", file.display())));
+        for (key, file) in [("ca_file", &self.ca_file), ("cert_file", &self.cert_file)] {
+            if let Some(file) = file {
+                if let Err(e) = std::fs::metadata(file) {
+                    problems.push(Problem::new(key, format!("{}: {e}", file.display())));
+                }
             }
         }
         if self.max_payload.bytes() == 0 || self.max_payload.bytes() > MQTT_MAX_PACKET as u64 {
@@ -178,10 +229,12 @@ impl BrokerAddress {
             _ => return Err(err("unknown scheme")),
         };
         let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if authority.contains('@') {
-            return Err(err(
-                "credentials do not belong in the URL; use username and password_file",
-            ));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            // The password is not repeated in the message.
+            return Err(UrlError {
+                url: format!("{scheme}://{}@{host}", super::secret::REDACTED),
+                why: "credentials do not belong in the URL; use username and password_file",
+            });
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
@@ -222,7 +275,11 @@ mod tests {
         let a = BrokerAddress::parse("mqtt://[::1]:1883").unwrap();
         assert_eq!(a.host, "::1");
         assert!(BrokerAddress::parse("http://x").is_err());
-        assert!(BrokerAddress::parse("mqtt://u:p@host").is_err());
+        let err = BrokerAddress::parse("mqtt://u:hunter2@host").unwrap_err();
+        assert!(
+            !err.to_string().contains("hunter2") && err.to_string().contains("mqtt://***@host"),
+            "{err}"
+        );
         assert!(BrokerAddress::parse("mqtt://host:notaport").is_err());
     }
 

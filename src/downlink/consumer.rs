@@ -19,6 +19,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{DownlinkConfig, KafkaConfig};
+use crate::publish::kafka::{apply_properties, rejected, ClientError};
 
 /// librdkafka's prefetch bound (`queued.max.messages.kbytes`): what it may hold beyond the
 /// downlink's window.
@@ -137,12 +138,10 @@ pub fn client_config(
     kafka: &KafkaConfig,
     downlink: &DownlinkConfig,
     gateway: &str,
-) -> ClientConfig {
+) -> Result<ClientConfig, ClientError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in &kafka.properties {
-        config.set(key, value.to_string());
-    }
+    apply_properties(&mut config, kafka)?;
     let session = downlink.session_timeout.as_millis().max(1000);
     config
         .set(
@@ -159,7 +158,7 @@ pub fn client_config(
         .set("heartbeat.interval.ms", (session / 4).max(250).to_string())
         .set("queued.max.messages.kbytes", PREFETCH_KIB.to_string())
         .set("reconnect.backoff.max.ms", "1000");
-    config
+    Ok(config)
 }
 
 /// Creates the consumer (nothing connects until it subscribes).
@@ -168,14 +167,17 @@ pub fn create(
     downlink: &DownlinkConfig,
     gateway: &str,
     name: Arc<str>,
-) -> KafkaResult<(Consumer, Arc<Mutex<Shared>>)> {
+) -> Result<(Consumer, Arc<Mutex<Shared>>), ClientError> {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let context = Context {
         name,
         topic: downlink.topic(gateway),
         shared: shared.clone(),
     };
-    let consumer = client_config(kafka, downlink, gateway).create_with_context(context)?;
+    let config = client_config(kafka, downlink, gateway)?;
+    let consumer = config
+        .create_with_context(context)
+        .map_err(|e| rejected(&e, &config, kafka))?;
     Ok((consumer, shared))
 }
 

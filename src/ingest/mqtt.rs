@@ -34,7 +34,7 @@ use thiserror::Error;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET};
+use crate::config::{BrokerAddress, MqttConfig, SecretFileError, UrlError, MQTT_MAX_PACKET};
 use crate::outbox::committer::{AckReceiver, AckToken, Request, Submission, Submitter};
 use crate::pipeline::Classifier;
 use crate::record::{now_ms, Origin, Reading};
@@ -46,14 +46,17 @@ pub enum MqttError {
     /// The `url` key is malformed.
     #[error(transparent)]
     Url(#[from] UrlError),
-    /// A credential or CA file could not be read.
-    #[error("{path}: {source}")]
+    /// A certificate or CA file could not be read.
+    #[error("{}: {source}", path.display())]
     File {
         /// The file.
         path: std::path::PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The password or private key file cannot be used (unreadable, or others may read it).
+    #[error(transparent)]
+    Secret(#[from] SecretFileError),
     /// The TLS context could not be set up (a CA file without a certificate, OpenSSL failed).
     #[error("TLS: {0}")]
     Tls(String),
@@ -140,7 +143,11 @@ impl MqttSource {
                 End::Lost(e) => {
                     failures += 1;
                     self.stats.mqtt_reconnect(&name);
-                    if failures == 1 {
+                    if failures == 1 && self.needs_client_cert_hint(&e) {
+                        // TLS 1.3: a broker that wants a client certificate refuses after the
+                        // handshake, which the client sees as an alert or as a reset.
+                        tracing::warn!(source = %name, error = %e, hint = "the broker may require a client certificate: set cert_file and key_file", "MQTT connection failed; reconnecting with backoff");
+                    } else if failures == 1 {
                         tracing::warn!(source = %name, error = %e, "MQTT connection failed; reconnecting with backoff");
                     } else {
                         tracing::debug!(source = %name, error = %e, attempts = failures, "MQTT reconnect failed");
@@ -161,6 +168,16 @@ impl MqttSource {
         self.stats.source_up(&name, false);
         tracing::info!(source = %name, "MQTT source stopped");
         Ok(())
+    }
+
+    /// Whether `error` may be a broker refusing a TLS client without a certificate.
+    fn needs_client_cert_hint(&self, error: &rumqttc::ConnectionError) -> bool {
+        let tls = BrokerAddress::parse(&self.config.url).is_ok_and(|a| a.tls);
+        let text = error.to_string();
+        let reset = text.contains("reset by peer")
+            || text.contains("certificate required")
+            || matches!(error, rumqttc::ConnectionError::Io(_));
+        tls && self.config.cert_file.is_none() && reset
     }
 
     /// Serves one connection until it fails, the pipeline closes or `stop`.
@@ -299,20 +316,8 @@ pub fn broker_options(config: &MqttConfig, client_id: &str) -> Result<MqttOption
     let address = BrokerAddress::parse(&config.url)?;
     let mut options = MqttOptions::new(client_id, &address.host, address.port);
     options.set_keep_alive(config.keep_alive.max(Duration::from_secs(5)));
-    if let Some(user) = &config.username {
-        let password = match &config.password_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|source| MqttError::File {
-                    path: path.clone(),
-                    source,
-                })?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned(),
-            None => String::new(),
-        };
-        options.set_credentials(user, password);
+    if let (Some(user), Some(path)) = (&config.username, &config.password_file) {
+        options.set_credentials(user, crate::config::read_secret_file(path)?);
     }
     if address.tls {
         options.set_transport(Transport::tls_with_config(tls_connector(config)?.into()));
@@ -321,9 +326,26 @@ pub fn broker_options(config: &MqttConfig, client_id: &str) -> Result<MqttOption
 }
 
 /// The TLS connector (the system's OpenSSL): trusts the CAs of `ca_file` only when set, else
-/// the system's CA store (`/etc/ssl/certs`); checks the broker's host name.
+/// the system's CA store (OpenSSL's default paths, `/etc/ssl/certs` on Debian; a file there
+/// that cannot be read is skipped by OpenSSL, never a panic); checks the broker's host name;
+/// presents `cert_file` and `key_file` when set (mutual TLS).
 fn tls_connector(config: &MqttConfig) -> Result<native_tls::TlsConnector, MqttError> {
     let mut builder = native_tls::TlsConnector::builder();
+    if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+        let cert_pem = std::fs::read(cert).map_err(|source| MqttError::File {
+            path: cert.clone(),
+            source,
+        })?;
+        let key_pem = crate::config::read_secret_bytes(key)?;
+        let identity = native_tls::Identity::from_pkcs8(&cert_pem, &key_pem).map_err(|e| {
+            MqttError::Tls(format!(
+                "{} and {}: not a PEM certificate and its PKCS#8 private key (BEGIN PRIVATE KEY; convert with `openssl pkcs8 -topk8 -nocrypt`): {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+        builder.identity(identity);
+    }
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path).map_err(|source| MqttError::File {
             path: path.clone(),

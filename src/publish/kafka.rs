@@ -8,10 +8,68 @@ use std::sync::{Arc, Mutex};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
+use rdkafka::types::RDKafkaConfRes;
 use rdkafka::ClientContext;
+use thiserror::Error;
 
-use crate::config::KafkaConfig;
+use crate::config::{is_secret_name, redact, KafkaConfig, SecretFileError};
 use crate::telemetry::Stats;
+
+/// A Kafka client (producer or consumer) that could not be set up. Its message never shows the
+/// value of a secret property.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// A `[kafka.property_files]` file cannot be used.
+    #[error("kafka.property_files: {0}")]
+    Secret(#[from] SecretFileError),
+    /// librdkafka refused the configuration (secret values shown as `***`).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Our defaults for every client, then `[kafka.properties]` and `[kafka.property_files]`
+/// (files read now).
+pub fn apply_properties(
+    config: &mut ClientConfig,
+    kafka: &KafkaConfig,
+) -> Result<(), SecretFileError> {
+    for (key, value) in kafka.client_properties()? {
+        config.set(key, value);
+    }
+    Ok(())
+}
+
+/// librdkafka's `error` for `config` (built from `kafka`) as a [`ClientError`] whose message
+/// shows `***` for the value of every property whose name says it is secret or that was read
+/// from a file, and for the value of a property librdkafka does not know (a misspelled
+/// `sasl.pasword` is still a password).
+pub fn rejected(error: &KafkaError, config: &ClientConfig, kafka: &KafkaConfig) -> ClientError {
+    let secret = |key: &str| is_secret_name(key) || kafka.property_files.contains_key(key);
+    let map = config.config_map();
+    let mut secrets: Vec<&str> = (map.iter())
+        .filter(|(key, _)| secret(key))
+        .map(|(_, value)| *value)
+        .collect();
+    let message = match error {
+        KafkaError::ClientConfig(res, desc, key, value) => {
+            let hidden = *res == RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN || secret(key);
+            if hidden {
+                secrets.push(value);
+            }
+            let shown = if hidden {
+                crate::config::REDACTED
+            } else {
+                value
+            };
+            format!(
+                "librdkafka refused property \"{key}\" = {shown}: {}",
+                redact(desc, secrets.iter().copied())
+            )
+        }
+        other => other.to_string(),
+    };
+    ClientError::Rejected(redact(&message, secrets))
+}
 
 /// How a failed delivery is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +110,9 @@ pub fn classify_code(code: RDKafkaErrorCode) -> Failure {
     }
 }
 
-/// The producer configuration: our defaults, then every `[kafka.properties]` entry.
-pub fn client_config(kafka: &KafkaConfig, gateway: &str) -> ClientConfig {
+/// The producer configuration: our defaults, then every `[kafka.properties]` and
+/// `[kafka.property_files]` entry.
+pub fn client_config(kafka: &KafkaConfig, gateway: &str) -> Result<ClientConfig, ClientError> {
     let mut config = ClientConfig::new();
     let window_kib = (kafka.max_in_flight_bytes.bytes() / 1024).max(1024) * 2;
     config
@@ -74,18 +133,18 @@ pub fn client_config(kafka: &KafkaConfig, gateway: &str) -> ClientConfig {
         .set("queue.buffering.max.kbytes", window_kib.to_string())
         // Reconnect within a second once a broker is back (librdkafka's default grows to 10 s).
         .set("reconnect.backoff.max.ms", "1000");
-    for (key, value) in &kafka.properties {
-        config.set(key, value.to_string());
-    }
-    config
+    apply_properties(&mut config, kafka)?;
+    Ok(config)
 }
 
 /// Creates (and drops) a producer from `config`'s `[kafka]` section, so librdkafka reports any
 /// unknown property or bad value. Nothing connects.
-pub fn producer_config_check(config: &crate::config::Config) -> Result<(), KafkaError> {
-    client_config(&config.kafka, &config.gateway.id)
+pub fn producer_config_check(config: &crate::config::Config) -> Result<(), ClientError> {
+    let client = client_config(&config.kafka, &config.gateway.id)?;
+    client
         .create::<BaseProducer>()
         .map(drop)
+        .map_err(|e| rejected(&e, &client, &config.kafka))
 }
 
 /// One delivery report.

@@ -34,12 +34,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer as _;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use super::kafka::{client_config, Context, Producer, Report};
+use super::kafka::{client_config, rejected, ClientError, Context, Producer, Report};
 use super::partition::{Parts, Topics};
 use super::window::{Slab, Tracker};
 use crate::config::{KafkaConfig, RetryConfig};
@@ -51,8 +50,8 @@ use crate::telemetry::Stats;
 #[derive(Debug, Error)]
 pub enum PublishError {
     /// librdkafka refused the producer configuration.
-    #[error("cannot create the Kafka producer (check [kafka] and [kafka.properties]): {0}")]
-    Producer(#[source] KafkaError),
+    #[error("cannot create the Kafka producer (check [kafka], [kafka.properties] and [kafka.property_files]): {0}")]
+    Producer(#[source] ClientError),
     /// The outbox failed.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
@@ -120,9 +119,10 @@ impl Publisher {
     }
 
     fn producer(&self) -> Result<Producer, PublishError> {
-        client_config(&self.kafka, &self.gateway)
+        let config = client_config(&self.kafka, &self.gateway).map_err(PublishError::Producer)?;
+        config
             .create_with_context(Context::new(self.stats.clone()))
-            .map_err(PublishError::Producer)
+            .map_err(|e| PublishError::Producer(rejected(&e, &config, &self.kafka)))
     }
 
     /// Publishes until `stop` is cancelled; then lets in-flight deliveries finish for up to

@@ -21,6 +21,7 @@ mod prometheus;
 mod proxy;
 mod running;
 mod serial;
+mod tls;
 mod tmux;
 
 use std::net::TcpListener;
@@ -38,6 +39,7 @@ pub use prometheus::*;
 pub use proxy::*;
 pub use running::*;
 pub use serial::*;
+pub use tls::*;
 pub use tmux::*;
 
 /// Waits until `cond` holds, panicking with `what` after `limit`.
