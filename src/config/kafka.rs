@@ -60,7 +60,9 @@ pub struct KafkaConfig {
     /// `linger.ms`: how long librdkafka waits to fill a batch.
     #[serde(default = "default_linger", with = "units::duration")]
     pub linger: Duration,
-    /// `message.timeout.ms`: after this a delivery counts as failed and is retried from the outbox.
+    /// The stall limit: a partition whose oldest record in flight waited this long is held and
+    /// probed (librdkafka's own `message.timeout.ms` is 0: it never drops a record). Also how
+    /// long a topic that does not exist is retried before its records are dead-lettered.
     #[serde(default = "default_message_timeout", with = "units::duration")]
     pub message_timeout: Duration,
     /// Most records handed to librdkafka and not yet confirmed (bounds its memory queue).
