@@ -39,7 +39,7 @@ pub use downlink::{
 pub use gateway::GatewayConfig;
 pub use kafka::{Compression, KafkaConfig, PropertyValue};
 pub use metrics::MetricsConfig;
-pub use mqtt::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET};
+pub use mqtt::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET, PUBLISH_HEADER_ROOM};
 pub use queue::{QueueConfig, WhenFull};
 pub use retry::RetryConfig;
 pub use route::{RouteConfig, SourceKind};

@@ -63,6 +63,7 @@ struct Detail {
     deliveries: BTreeMap<String, u64>,
     failures: BTreeMap<String, u64>,
     reconnects: BTreeMap<String, u64>,
+    oversize: BTreeMap<String, u64>,
     sources_up: BTreeMap<String, bool>,
 }
 
@@ -230,6 +231,8 @@ pub struct Snapshot {
     pub failures_by_topic: BTreeMap<String, u64>,
     /// Connection losses, by source.
     pub reconnects_by_source: BTreeMap<String, u64>,
+    /// MQTT packets over the source's packet limit (the connection was dropped), by source.
+    pub oversize_by_source: BTreeMap<String, u64>,
     /// Whether each source is connected (MQTT) or open (serial).
     pub sources_up: BTreeMap<String, bool>,
     /// Time from handing a record to librdkafka to Kafka's confirmation.
@@ -421,6 +424,10 @@ impl Stats {
         self.source_up(source, false);
         self.mqtt_reconnects.fetch_add(1, Relaxed);
     }
+    /// The broker sent `source` a packet over its packet limit (the connection is dropped).
+    pub fn mqtt_oversize(&self, source: &str) {
+        bump(&mut self.detail().oversize, source);
+    }
     /// The counters of serial source `name`, registered on first use.
     pub fn serial_port(&self, name: &str) -> Arc<PortStats> {
         self.serial
@@ -511,6 +518,7 @@ impl Stats {
             deliveries_by_topic: detail.deliveries.clone(),
             failures_by_topic: detail.failures.clone(),
             reconnects_by_source: detail.reconnects.clone(),
+            oversize_by_source: detail.oversize.clone(),
             sources_up: detail.sources_up.clone(),
             publish_latency: self.publish_latency.read(),
             reloads_ok: self.reloads_ok.load(Relaxed),

@@ -302,6 +302,13 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         every(&sources, &reconnects).iter().map(|(k, v)| (k, *v)),
     );
     o.map(
+        "sensorgate_mqtt_oversize_packets_total",
+        "counter",
+        "Packets an MQTT broker sent over the source's packet limit (max_payload plus header room); each dropped the connection.",
+        "source",
+        every(&sources, &s.oversize_by_source).iter().map(|(k, v)| (k, *v)),
+    );
+    o.map(
         "sensorgate_source_up",
         "gauge",
         "1 while a source is connected or its device is open.",

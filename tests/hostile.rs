@@ -1,0 +1,165 @@
+//! Hostile input against the gateway as a process: what one huge MQTT publish costs, and what
+//! the shipped mosquitto settings do with it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// 64 MiB: far over the test config's `max_payload` (1 KiB) and its packet limit.
+const HUGE: usize = 64 << 20;
+
+/// Publishes `payload` from a file with mosquitto_pub at `qos`; whether the broker took it.
+fn mosquitto_pub(port: u16, qos: u8, topic: &str, payload: &Path) -> bool {
+    Command::new(mosquitto_client("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", &qos.to_string()])
+        .args(["-t", topic, "-f"])
+        .arg(payload)
+        .status()
+        .expect("mosquitto_pub (mosquitto-clients) must be installed")
+        .success()
+}
+
+fn mosquitto_client(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let path = format!("{dir}/{name}");
+        if Path::new(&path).exists() {
+            return path;
+        }
+    }
+    name.to_owned()
+}
+
+fn huge_file(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("huge.json");
+    let mut body = vec![b' '; HUGE];
+    body[0] = b'[';
+    body[HUGE - 1] = b']';
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// Peak resident memory the test allows the gateway: less than one huge payload (it idles near
+/// 45 MiB as a debug build with librdkafka's buffers).
+const RSS_LIMIT_KIB: u64 = (HUGE as u64) >> 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_publish_is_refused_unread_and_counted_and_memory_stays_bounded() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let port = free_port();
+    with_metrics(&path, port);
+    let log = dir.path().join("log");
+    let mut daemon = GatewayProcess::spawn(&path, &log, &[]);
+    let metric = |name: &str, label: Option<(&str, &str)>| {
+        tokio::task::block_in_place(|| metric(&scrape(port), name, label))
+    };
+    wait_for(LONG, "the source to connect", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && metric("sensorgate_source_up", Some(("source", "local"))) == 1.0
+    })
+    .await;
+
+    // Three 64 MiB publishes (this broker has no packet limit of its own). Each is refused
+    // before it is read: counted and logged, no 64 MiB frame. mosquitto sends a message it was
+    // cut off writing again on every reconnect, even at QoS 0, so the count keeps growing: the
+    // broker's own limit is what keeps such a publish out (the next test).
+    let huge = huge_file(dir.path());
+    for _ in 0..3 {
+        assert!(mosquitto_pub(mqtt.port, 0, "sensors/d1/reading", &huge));
+    }
+    wait_for(LONG, "three oversize packets refused", || {
+        tokio::task::block_in_place(|| {
+            metric_sum(&scrape(port), "sensorgate_mqtt_oversize_packets_total")
+        }) >= 3.0
+    })
+    .await;
+    assert!(daemon.log_count("larger than max_payload allows") >= 3);
+    assert!(daemon.try_wait().is_none(), "the gateway exited");
+    let usage = daemon.usage();
+    assert!(
+        usage.hwm_kib < RSS_LIMIT_KIB,
+        "peak resident set {} KiB, limit {RSS_LIMIT_KIB} KiB",
+        usage.hwm_kib
+    );
+}
+
+/// The `max_packet_size` of `packaging/mosquitto.conf`.
+fn shipped_max_packet_size() -> String {
+    let conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/mosquitto.conf"
+    ))
+    .unwrap();
+    conf.lines()
+        .find(|l| l.starts_with("max_packet_size "))
+        .expect("packaging/mosquitto.conf sets max_packet_size")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_broker_limit_refuses_huge_qos1_publishes_before_the_gateway_sees_them() {
+    let mqtt = Mosquitto::start_with_settings(&shipped_max_packet_size());
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let port = free_port();
+    with_metrics(&path, port);
+    let log = dir.path().join("log");
+    let daemon = GatewayProcess::spawn(&path, &log, &[]);
+    let metric = |name: &str, label: Option<(&str, &str)>| {
+        tokio::task::block_in_place(|| metric(&scrape(port), name, label))
+    };
+    wait_for(LONG, "the source to connect", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && metric("sensorgate_source_up", Some(("source", "local"))) == 1.0
+    })
+    .await;
+
+    // At QoS 1 a huge publish the gateway could not read would come back on every reconnect:
+    // the broker must refuse it. mosquitto disconnects the publisher.
+    let huge = huge_file(dir.path());
+    for _ in 0..3 {
+        assert!(
+            !mosquitto_pub(mqtt.port, 1, "sensors/d1/reading", &huge),
+            "the broker took a 64 MiB publish"
+        );
+    }
+    let messages: Vec<_> = (0..20)
+        .map(|s| ("sensors/d1/reading".to_owned(), reading("d1", s)))
+        .collect();
+    publish_all(mqtt.port, "sensor-after-huge", messages).await;
+    wait_for(LONG, "the readings delivered", || {
+        tokio::task::block_in_place(|| {
+            metric_sum(&scrape(port), "sensorgate_kafka_deliveries_total")
+        }) == 20.0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            "sensorgate_mqtt_oversize_packets_total",
+            Some(("source", "local"))
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            "sensorgate_source_reconnects_total",
+            Some(("source", "local"))
+        ),
+        0.0
+    );
+    let usage = daemon.usage();
+    assert!(
+        usage.hwm_kib < RSS_LIMIT_KIB,
+        "peak resident set {} KiB, limit {RSS_LIMIT_KIB} KiB",
+        usage.hwm_kib
+    );
+}
