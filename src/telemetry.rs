@@ -33,6 +33,7 @@ pub struct Stats {
     valid: AtomicU64,
     dead_letters: [AtomicU64; Reason::ALL.len()],
     dropped: AtomicU64,
+    dead_letters_dropped: AtomicU64,
     dlq_evicted: AtomicU64,
     commits: AtomicU64,
     committed: AtomicU64,
@@ -199,6 +200,8 @@ pub struct Snapshot {
     pub dead_letters: BTreeMap<String, u64>,
     /// Records evicted from a full outbox.
     pub dropped: u64,
+    /// Dead letters dropped because they filled their share of the outbox.
+    pub dead_letters_dropped: u64,
     /// Dead letters evicted from the local store by `[dlq]` retention.
     pub dlq_evicted: u64,
     /// Group commits (flush + fsync) of the outbox.
@@ -337,6 +340,10 @@ impl Stats {
     /// `n` records were evicted by `drop-oldest`.
     pub fn dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Relaxed);
+    }
+    /// `n` dead letters were dropped: they filled their share of the outbox.
+    pub fn dead_letters_dropped(&self, n: u64) {
+        self.dead_letters_dropped.fetch_add(n, Relaxed);
     }
     /// `n` dead letters were evicted from the local store by retention.
     pub fn dlq_evicted(&self, n: u64) {
@@ -489,6 +496,7 @@ impl Stats {
                 })
                 .collect(),
             dropped: self.dropped.load(Relaxed),
+            dead_letters_dropped: self.dead_letters_dropped.load(Relaxed),
             dlq_evicted: self.dlq_evicted.load(Relaxed),
             commits: self.commits.load(Relaxed),
             committed: self.committed.load(Relaxed),

@@ -163,3 +163,68 @@ async fn the_shipped_broker_limit_refuses_huge_qos1_publishes_before_the_gateway
         usage.hwm_kib
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invalid_publishes_under_drop_oldest_does_not_evict_valid_readings() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    // A 4 MiB outbox (256 KiB segments) under the default drop-oldest: dead letters may take
+    // 10% of it.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("max_bytes = \"64MiB\"", "max_bytes = \"4MiB\"");
+    std::fs::write(&path, text).unwrap();
+    let gateway = start_gateway(sensorgate::config::Config::load(&path).unwrap()).await;
+
+    // Kafka is away: everything waits in the outbox.
+    kafka.broker_down(-1).unwrap();
+    wait_for(LONG, "librdkafka to see every broker down", || {
+        gateway.stats().snapshot().kafka_down
+    })
+    .await;
+    let valid: Vec<_> = (0..1000)
+        .map(|s| ("sensors/d1/reading".to_owned(), reading("d1", s)))
+        .collect();
+    publish_all_fast(mqtt.port, "sensor-valid", valid, 100).await;
+    wait_for(LONG, "1000 readings in the outbox", || {
+        gateway.outbox().stats().depth == 1000
+    })
+    .await;
+
+    // 20,000 invalid publishes, about 8 MB of dead letters: twice the whole outbox.
+    let junk = format!("not json {}", "x".repeat(300)).into_bytes();
+    let flood: Vec<_> = (0..20_000)
+        .map(|_| ("sensors/evil/reading".to_owned(), junk.clone()))
+        .collect();
+    publish_all_fast(mqtt.port, "sensor-flood", flood, 500).await;
+    wait_for(LONG, "every publish stored or dropped", || {
+        let s = gateway.stats().snapshot();
+        gateway.outbox().stats().depth + s.dead_letters_dropped + s.dropped == 21_000
+    })
+    .await;
+    let s = gateway.stats().snapshot();
+    assert_eq!(s.dropped, 0, "readings were evicted");
+    assert!(
+        s.dead_letters_dropped >= 15_000,
+        "{} dead letters dropped",
+        s.dead_letters_dropped
+    );
+
+    // Every valid reading is delivered once Kafka is back.
+    kafka.broker_up(-1).unwrap();
+    let mut reader = tokio::task::block_in_place(|| {
+        let mut reader = Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"]);
+        reader.read_until(LONG, "1000 readings", |r| r.len() >= 1000);
+        reader
+    });
+    let seqs: std::collections::BTreeSet<u64> = reader
+        .records
+        .iter()
+        .map(|r| r.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..1000).collect());
+    gateway.shutdown().await.unwrap();
+    reader.records.clear();
+}

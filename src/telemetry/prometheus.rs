@@ -187,6 +187,12 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         s.dropped,
     );
     o.single(
+        "sensorgate_outbox_dead_letters_dropped_total",
+        "counter",
+        "New dead letters dropped, not stored, because dead letters filled their share of the outbox (queue.dead_letter_share, drop-oldest).",
+        s.dead_letters_dropped,
+    );
+    o.single(
         "sensorgate_dlq_evicted_total",
         "counter",
         "Dead letters evicted from the local store by [dlq] retention (oldest first).",
