@@ -228,3 +228,111 @@ async fn a_flood_of_invalid_publishes_under_drop_oldest_does_not_evict_valid_rea
     gateway.shutdown().await.unwrap();
     reader.records.clear();
 }
+
+/// `mosquitto_passwd -b` (`-c`: a new file).
+fn add_user(file: &Path, user: &str, password: &str, create: bool) {
+    let mut command = Command::new(mosquitto_client("mosquitto_passwd"));
+    if create {
+        command.arg("-c");
+    }
+    let ok = command
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .status()
+        .expect("mosquitto_passwd (mosquitto) must be installed")
+        .success();
+    assert!(ok, "mosquitto_passwd {user}");
+}
+
+/// mosquitto_pub of `message` as `user` (none: anonymous) at QoS 1: exit status and stderr.
+fn publish_as(port: u16, user: Option<(&str, &str)>, topic: &str, message: &[u8]) -> (bool, String) {
+    let mut command = Command::new(mosquitto_client("mosquitto_pub"));
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic]);
+    if let Some((user, password)) = user {
+        command.args(["-u", user, "-P", password]);
+    }
+    let out = command
+        .arg("-m")
+        .arg(std::ffi::OsStr::new(std::str::from_utf8(message).unwrap()))
+        .output()
+        .expect("mosquitto_pub (mosquitto-clients) must be installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_broker_snippet_refuses_anonymous_clients_and_devices_publish_only_their_own_topic(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("sensorgate.passwd");
+    add_user(&passwd, "sensorgate", "gateway-secret", true);
+    add_user(&passwd, "d1", "d1-secret", false);
+    let acl = dir.path().join("sensorgate.acl");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/mosquitto.acl"),
+        &acl,
+    )
+    .unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/mosquitto.conf"
+    ))
+    .unwrap();
+    assert!(shipped.contains("\nallow_anonymous false\n"));
+    // The shipped snippet, on a free port, with the files here and no persistence directory.
+    let mqtt = Mosquitto::start_with_conf(|port| {
+        shipped
+            .replace("listener 1883 127.0.0.1", &format!("listener {port} 127.0.0.1"))
+            .replace("/etc/mosquitto/sensorgate.passwd", passwd.to_str().unwrap())
+            .replace("/etc/mosquitto/sensorgate.acl", acl.to_str().unwrap())
+            .replace("persistence true", "persistence false")
+    });
+
+    // The gateway logs in as sensorgate and may subscribe (start_gateway waits for a SUBACK
+    // that grants every filter).
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let password_file = dir.path().join("mqtt-password");
+    std::fs::write(&password_file, "gateway-secret\n").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "topics = [\"sensors/#\"]",
+        &format!(
+            "topics = [\"sensors/#\"]\nusername = \"sensorgate\"\npassword_file = \"{}\"",
+            password_file.display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let gateway = start_gateway(sensorgate::config::Config::load(&path).unwrap()).await;
+
+    // Anonymous clients and wrong passwords are refused at CONNECT.
+    let (ok, stderr) = publish_as(mqtt.port, None, "sensors/d1/reading", &reading("d1", 9));
+    assert!(!ok && stderr.contains("not authorised"), "{stderr}");
+    let (ok, stderr) = publish_as(
+        mqtt.port,
+        Some(("d1", "guess")),
+        "sensors/d1/reading",
+        &reading("d1", 9),
+    );
+    assert!(!ok && stderr.contains("not authorised"), "{stderr}");
+
+    // d1 publishes on d2's topic (the broker acknowledges and discards it), then on its own.
+    let d1 = Some(("d1", "d1-secret"));
+    assert!(publish_as(mqtt.port, d1, "sensors/d2/reading", &reading("d2", 2)).0);
+    assert!(publish_as(mqtt.port, d1, "sensors/d1/reading", &reading("d1", 1)).0);
+    let reader = tokio::task::block_in_place(|| {
+        let mut reader = Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"]);
+        reader.read_until(LONG, "d1's own reading", |r| !r.is_empty());
+        reader
+    });
+    // The broker handles one client's publishes in order: had the first passed, it would have
+    // arrived first.
+    assert_eq!(reader.records[0].json()["device_id"], "d1");
+    assert_eq!(
+        gateway.stats().snapshot().received.get("local").copied(),
+        Some(1)
+    );
+    gateway.shutdown().await.unwrap();
+}

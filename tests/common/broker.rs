@@ -67,6 +67,25 @@ impl Mosquitto {
         panic!("mosquitto did not start on any of 5 ports");
     }
 
+    /// mosquitto with the whole configuration `conf(port)` makes for the port it is given.
+    pub fn start_with_conf(conf: impl Fn(u16) -> String) -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let path = dir.path().join("mosquitto.conf");
+            std::fs::write(&path, conf(port)).unwrap();
+            if let Some(child) = spawn_mosquitto(&path, port) {
+                return Self {
+                    port,
+                    child,
+                    conf: path,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
     fn try_start(inflight: u32) -> Option<Self> {
         Self::try_start_with(inflight, false)
     }
