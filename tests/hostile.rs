@@ -336,3 +336,144 @@ async fn the_shipped_broker_snippet_refuses_anonymous_clients_and_devices_publis
     );
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_serves_a_bounded_number_of_clients_at_once() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let config = sensorgate::config::Config::load(&path).unwrap();
+    let socket = config.gateway.admin_socket_path();
+    let gateway = start_gateway(config).await;
+
+    // Clients that connect and say nothing hold their places (for the request timeout).
+    let idle: Vec<UnixStream> = (0..sensorgate::admin::server::MAX_CLIENTS)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut extra = UnixStream::connect(&socket).unwrap();
+    let mut answer = String::new();
+    tokio::task::block_in_place(|| extra.read_to_string(&mut answer)).unwrap();
+    assert!(answer.contains("admin clients at once"), "{answer:?}");
+
+    // Once they go, requests are served again.
+    drop(idle);
+    wait_for(LONG, "a request served", || {
+        let request = sensorgate::admin::Request::QueueStats;
+        let socket = socket.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(sensorgate::admin::call_daemon(&socket, &request))
+                .is_ok()
+        })
+    })
+    .await;
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_export_is_streamed_not_built_whole_in_the_daemon() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Dead letters may fill the outbox here: this test is about the admin answer.
+    let path = write_config(
+        dir.path(),
+        &mqtt.url(),
+        &kafka.bootstrap_servers(),
+        "dead_letter_share = 1.0",
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("max_payload = \"1KiB\"", "max_payload = \"256KiB\"");
+    std::fs::write(&path, text).unwrap();
+    let port = free_port();
+    with_metrics(&path, port);
+    let log = dir.path().join("log");
+    let daemon = GatewayProcess::spawn(&path, &log, &[]);
+    let metric = |name: &str| tokio::task::block_in_place(|| metric_sum(&scrape(port), name));
+    wait_for(LONG, "the source to connect", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && metric("sensorgate_source_up") == 1.0
+    })
+    .await;
+
+    // 200 dead letters of 200 KiB: 40 MB in the store.
+    const COUNT: usize = 200;
+    let junk = vec![b'x'; 200 << 10];
+    let messages: Vec<_> = (0..COUNT)
+        .map(|_| ("sensors/d1/reading".to_owned(), junk.clone()))
+        .collect();
+    publish_all(mqtt.port, "sensor-junk", messages).await;
+    wait_for(LONG, "the dead letters stored", || {
+        metric("sensorgate_dlq_entries") == COUNT as f64
+    })
+    .await;
+
+    // The peak from now on: the export must not cost the store's size.
+    std::fs::write(format!("/proc/{}/clear_refs", daemon.pid()), "5").unwrap();
+    let before = daemon.usage().rss_kib;
+    let out = Command::new(gateway_binary())
+        .args(["dlq", "export", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+    assert_eq!(lines, COUNT);
+    let growth = daemon.usage().hwm_kib.saturating_sub(before);
+    eprintln!("dlq export of {COUNT} dead letters grew the daemon's peak RSS by {growth} KiB");
+    assert!(
+        growth < 16 << 10,
+        "the export grew the daemon's resident set by {growth} KiB (the store holds {} KiB)",
+        COUNT * 200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_show_and_list_escape_control_characters_of_a_payload() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let gateway = start_gateway(sensorgate::config::Config::load(&path).unwrap()).await;
+    // Clears the screen and rings the bell on a terminal that prints it raw.
+    let hostile = b"\x1b[2J\x1b]0;owned\x07\r{\"device_id\":\"d1\",\"seq\":1,\"temperature_c\":900}".to_vec();
+    publish_all(
+        mqtt.port,
+        "sensor-hostile",
+        vec![("sensors/d1/reading".to_owned(), hostile)],
+    )
+    .await;
+    wait_for(LONG, "the dead letter", || {
+        gateway.outbox().dlq().size().entries == 1
+    })
+    .await;
+    gateway.shutdown().await.unwrap();
+
+    let run = |args: &[&str]| {
+        let out = Command::new(gateway_binary())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = run(&["dlq", "list", "--json"]);
+    let id = serde_json::from_str::<serde_json::Value>(&list).unwrap()[0]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    for text in [run(&["dlq", "show", &id]), run(&["dlq", "list"])] {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "raw control characters: {text:?}"
+        );
+    }
+    let show = run(&["dlq", "show", &id]);
+    assert!(show.contains(r"\u{1b}[2J\u{1b}]0;owned\u{7}\r{"), "{show}");
+}
