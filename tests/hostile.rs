@@ -354,6 +354,8 @@ async fn the_admin_socket_serves_a_bounded_number_of_clients_at_once() {
         .map(|_| UnixStream::connect(&socket).unwrap())
         .collect();
     let mut extra = UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(&mut extra, b"{\"cmd\":\"queue-stats\"}\n").unwrap();
+    extra.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = String::new();
     tokio::task::block_in_place(|| extra.read_to_string(&mut answer)).unwrap();
     assert!(answer.contains("admin clients at once"), "{answer:?}");
@@ -476,4 +478,29 @@ async fn dlq_show_and_list_escape_control_characters_of_a_payload() {
     }
     let show = run(&["dlq", "show", &id]);
     assert!(show.contains(r"\u{1b}[2J\u{1b}]0;owned\u{7}\r{"), "{show}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_a_bounded_number_of_connections_at_once() {
+    use std::net::TcpStream;
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let port = free_port();
+    with_metrics(&path, port);
+    let gateway = start_gateway(sensorgate::config::Config::load(&path).unwrap()).await;
+    let get = || tokio::task::block_in_place(|| http_get(port, "/healthz"));
+    assert_eq!(get().0, 200);
+
+    // Connections that send nothing hold their places (up to the 5 s exchange limit).
+    let idle: Vec<TcpStream> = (0..sensorgate::telemetry::http::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let (code, body) = get();
+    assert_eq!((code, body.as_str()), (503, "busy\n"));
+
+    drop(idle);
+    wait_for(LONG, "the endpoint to answer again", || get().0 == 200).await;
+    gateway.shutdown().await.unwrap();
 }

@@ -74,6 +74,8 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    // As many again are told why they are refused; past those, connections are closed at once.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -88,11 +90,12 @@ pub async fn serve(
                     }
                     Err(_) => {
                         tracing::warn!(limit = MAX_CLIENTS, "Admin socket: too many clients; refusing one");
-                        // Best effort, without waiting: the client may not read at all.
-                        let busy = format!(
-                            "{{\"error\":\"the daemon serves {MAX_CLIENTS} admin clients at once; try again\"}}\n"
-                        );
-                        let _ = stream.try_write(busy.as_bytes());
+                        if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), refuse(stream)).await;
+                                drop(slot);
+                            });
+                        }
                     }
                 },
                 Err(e) => {
@@ -106,6 +109,26 @@ pub async fn serve(
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(path = %path.display(), error = %e, "Cannot remove the admin socket");
     }
+}
+
+/// Reads the request (closing over unread bytes would reset the connection under the answer),
+/// then answers that the daemon is busy.
+async fn refuse(stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    let _ = tokio::time::timeout(
+        Duration::from_millis(200),
+        reader.read_until(b'\n', &mut line),
+    )
+    .await;
+    let busy = Response::Error(format!(
+        "the daemon serves {MAX_CLIENTS} admin clients at once; try again"
+    ));
+    let mut out = serde_json::to_vec(&busy).unwrap_or_default();
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+    let _ = write.shutdown().await;
 }
 
 async fn answer(stream: UnixStream, backend: Arc<Backend>) {
