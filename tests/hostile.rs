@@ -394,7 +394,8 @@ async fn dlq_export_is_streamed_not_built_whole_in_the_daemon() {
     let port = free_port();
     with_metrics(&path, port);
     let log = dir.path().join("log");
-    let daemon = GatewayProcess::spawn(&path, &log, &[]);
+    // As the unit runs it (MALLOC_ARENA_MAX=2): the store reader's thread gets no arena of its own.
+    let daemon = GatewayProcess::spawn(&path, &log, &[("MALLOC_ARENA_MAX", "2")]);
     let metric = |name: &str| tokio::task::block_in_place(|| metric_sum(&scrape(port), name));
     wait_for(LONG, "the source to connect", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
