@@ -300,10 +300,15 @@ mod tests {
     #[test]
     fn exactly_the_limit_keeps_every_violation_without_a_count() {
         let make = |n: usize| (0..n).map(|i| move || Violation::whole(i.to_string()));
-        assert_eq!(Violation::bounded(make(MAX_VIOLATIONS)).len(), MAX_VIOLATIONS);
+        assert_eq!(
+            Violation::bounded(make(MAX_VIOLATIONS)).len(),
+            MAX_VIOLATIONS
+        );
         let over = Violation::bounded(make(MAX_VIOLATIONS + 5));
         assert_eq!(over.len(), MAX_VIOLATIONS + 1);
         assert_eq!(over[MAX_VIOLATIONS - 1].message, "19");
-        assert!(over[MAX_VIOLATIONS].message.starts_with("25 violations in all"));
+        assert!(over[MAX_VIOLATIONS]
+            .message
+            .starts_with("25 violations in all"));
     }
 }

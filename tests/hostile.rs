@@ -17,7 +17,14 @@ const HUGE: usize = 64 << 20;
 /// Publishes `payload` from a file with mosquitto_pub at `qos`; whether the broker took it.
 fn mosquitto_pub(port: u16, qos: u8, topic: &str, payload: &Path) -> bool {
     Command::new(mosquitto_client("mosquitto_pub"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", &qos.to_string()])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            &qos.to_string(),
+        ])
         .args(["-t", topic, "-f"])
         .arg(payload)
         .status()
@@ -246,9 +253,23 @@ fn add_user(file: &Path, user: &str, password: &str, create: bool) {
 }
 
 /// mosquitto_pub of `message` as `user` (none: anonymous) at QoS 1: exit status and stderr.
-fn publish_as(port: u16, user: Option<(&str, &str)>, topic: &str, message: &[u8]) -> (bool, String) {
+fn publish_as(
+    port: u16,
+    user: Option<(&str, &str)>,
+    topic: &str,
+    message: &[u8],
+) -> (bool, String) {
     let mut command = Command::new(mosquitto_client("mosquitto_pub"));
-    command.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic]);
+    command.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
     if let Some((user, password)) = user {
         command.args(["-u", user, "-P", password]);
     }
@@ -285,7 +306,10 @@ async fn the_shipped_broker_snippet_refuses_anonymous_clients_and_devices_publis
     // The shipped snippet, on a free port, with the files here and no persistence directory.
     let mqtt = Mosquitto::start_with_conf(|port| {
         shipped
-            .replace("listener 1883 127.0.0.1", &format!("listener {port} 127.0.0.1"))
+            .replace(
+                "listener 1883 127.0.0.1",
+                &format!("listener {port} 127.0.0.1"),
+            )
             .replace("/etc/mosquitto/sensorgate.passwd", passwd.to_str().unwrap())
             .replace("/etc/mosquitto/sensorgate.acl", acl.to_str().unwrap())
             .replace("persistence true", "persistence false")
@@ -423,8 +447,16 @@ async fn dlq_export_is_streamed_not_built_whole_in_the_daemon() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines = out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
     assert_eq!(lines, COUNT);
     let growth = daemon.usage().hwm_kib.saturating_sub(before);
     eprintln!("dlq export of {COUNT} dead letters grew the daemon's peak RSS by {growth} KiB");
@@ -443,7 +475,8 @@ async fn dlq_show_and_list_escape_control_characters_of_a_payload() {
     let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
     let gateway = start_gateway(sensorgate::config::Config::load(&path).unwrap()).await;
     // Clears the screen and rings the bell on a terminal that prints it raw.
-    let hostile = b"\x1b[2J\x1b]0;owned\x07\r{\"device_id\":\"d1\",\"seq\":1,\"temperature_c\":900}".to_vec();
+    let hostile =
+        b"\x1b[2J\x1b]0;owned\x07\r{\"device_id\":\"d1\",\"seq\":1,\"temperature_c\":900}".to_vec();
     publish_all(
         mqtt.port,
         "sensor-hostile",
@@ -463,7 +496,11 @@ async fn dlq_show_and_list_escape_control_characters_of_a_payload() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let list = run(&["dlq", "list", "--json"]);

@@ -143,7 +143,9 @@ async fn answer(stream: UnixStream, backend: Arc<Backend>) {
             Ok(request) => {
                 tracing::info!(request = ?request, "Admin request");
                 match request {
-                    Request::DlqList { filter } => return stream_dead_letters(write, backend, filter).await,
+                    Request::DlqList { filter } => {
+                        return stream_dead_letters(write, backend, filter).await
+                    }
                     Request::DlqExport => {
                         return stream_dead_letters(write, backend, Filter::default()).await
                     }

@@ -107,8 +107,16 @@ pub async fn show(
     writeln!(out, "gateway:     {}", clean(&m.gateway))?;
     writeln!(out, "source:      {}", clean(&m.source))?;
     writeln!(out, "origin:      {}", clean(&m.origin.to_string()))?;
-    writeln!(out, "route:       {}", clean(m.route.as_deref().unwrap_or("-")))?;
-    writeln!(out, "schema:      {}", clean(m.schema.as_deref().unwrap_or("-")))?;
+    writeln!(
+        out,
+        "route:       {}",
+        clean(m.route.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(
+        out,
+        "schema:      {}",
+        clean(m.schema.as_deref().unwrap_or("-"))
+    )?;
     writeln!(out, "kafka topic: {}", clean(&m.kafka_topic))?;
     if let Some(len) = m.dead_letter.as_ref().and_then(|i| i.original_len) {
         writeln!(out, "original:    {len} bytes (stored truncated)")?;

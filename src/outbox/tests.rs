@@ -345,11 +345,18 @@ fn dead_letters_count_against_their_share_until_their_segment_goes() {
     }
     let room = outbox.dead_letter_room();
     assert!(room < share, "dead letters are counted");
-    assert!(share - room < 2000 * 400, "readings are not: {}", share - room);
+    assert!(
+        share - room < 2000 * 400,
+        "readings are not: {}",
+        share - room
+    );
     // Everything settled: every segment but the newest goes, and with it their dead letters.
     let end = *seqs.last().unwrap() + 1;
     outbox.settle(end, 0, end, None).unwrap();
     assert!(outbox.dead_letter_room() > room);
     // `block` drops nothing, so it has no dead-letter bound.
-    assert_eq!(config(16 << 20, WhenFull::Block).dead_letter_bytes(), u64::MAX);
+    assert_eq!(
+        config(16 << 20, WhenFull::Block).dead_letter_bytes(),
+        u64::MAX
+    );
 }

@@ -98,10 +98,14 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, stop: Cancell
                     });
                 }
                 Err(_) => {
-                    tracing::debug!(limit = MAX_CONNECTIONS, "Metrics endpoint busy; refusing a connection");
+                    tracing::debug!(
+                        limit = MAX_CONNECTIONS,
+                        "Metrics endpoint busy; refusing a connection"
+                    );
                     if let Ok(slot) = refusals.clone().try_acquire_owned() {
                         tokio::spawn(async move {
-                            let _ = tokio::time::timeout(Duration::from_secs(1), refuse(stream)).await;
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(1), refuse(stream)).await;
                             drop(slot);
                         });
                     }
