@@ -81,6 +81,7 @@ for f in /usr/bin/sensorgate \
     /etc/sensorgate/schemas/reading.v1.json \
     /usr/lib/sysusers.d/sensorgate.conf \
     /usr/share/doc/sensorgate/examples/mosquitto.conf \
+    /usr/share/doc/sensorgate/examples/sensorgate.acl \
     /usr/share/sensorgate/grafana/sensorgate.json \
     /usr/share/sensorgate/prometheus/sensorgate.rules.yml \
     /usr/share/doc/sensorgate/copyright \

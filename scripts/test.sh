@@ -84,6 +84,20 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo clippy --no-default-features --lib --bins -- -D warnings (the packaged daemon)"
 cargo clippy --no-default-features --lib --bins -- -D warnings
 
+# Advisories (from the RustSec snapshot in ../shared/advisory-db, not fetched), licenses, bans
+# and sources; deny.toml says what is allowed and why.
+step "scripts/deny.sh (cargo deny check)"
+deny=0
+scripts/deny.sh || deny=$?
+case $deny in
+0) deny_result="cargo deny: advisories, bans, licenses, sources passed" ;;
+77) deny_result="!!! cargo deny: advisories SKIPPED, no advisory database snapshot (see above)" ;;
+*)
+    echo "test.sh: cargo deny failed (exit code $deny)" >&2
+    exit 1
+    ;;
+esac
+
 # The output is kept in target/test-logs/ and the per-binary result lines are repeated at the end.
 logs=target/test-logs
 mkdir -p "$logs"
@@ -129,3 +143,4 @@ echo
 echo "All checks and tests passed."
 echo "$passed passed, $failed failed"
 echo "$powercut_result"
+echo "$deny_result"

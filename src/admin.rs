@@ -428,27 +428,45 @@ impl Backend {
 
     fn list(&self, filter: &Filter) -> Result<Vec<DeadLetter>, AdminError> {
         let mut out = Vec::new();
+        self.each_dead_letter(filter, |d| {
+            out.push(d);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Hands the dead letters `filter` selects to `visit`, oldest first, one at a time (`false`
+    /// stops), so that a response can be streamed: nothing but the one entry is held. With a
+    /// `limit`, the store is read newest first up to the limit, keeping only the ids, so that a
+    /// full store is not read whole for a few entries.
+    pub fn each_dead_letter(
+        &self,
+        filter: &Filter,
+        mut visit: impl FnMut(DeadLetter) -> bool,
+    ) -> Result<(), AdminError> {
+        let dlq = self.outbox.dlq();
         let Some(limit) = filter.limit else {
-            self.outbox.dlq().for_each(|r| {
-                if filter.matches(&r.meta) {
-                    out.push(DeadLetter::from_record(&r));
-                }
-                true
-            })?;
-            return Ok(out);
+            dlq.for_each(|r| !filter.matches(&r.meta) || visit(DeadLetter::from_record(&r)))?;
+            return Ok(());
         };
-        // The latest `limit`: read newest first and stop there, so that a full store is not
-        // read whole (and held in memory) for a few entries.
+        let mut ids = Vec::new();
         if limit > 0 {
-            self.outbox.dlq().for_each_newest(|r| {
+            dlq.for_each_newest(|r| {
                 if filter.matches(&r.meta) {
-                    out.push(DeadLetter::from_record(&r));
+                    ids.push(r.meta.dead_letter.as_ref().map_or(0, |d| d.id));
                 }
-                out.len() < limit
+                ids.len() < limit
             })?;
         }
-        out.reverse();
-        Ok(out)
+        for id in ids.into_iter().rev() {
+            // An entry purged or replayed meanwhile is skipped.
+            if let Some(r) = dlq.get(id)? {
+                if !visit(DeadLetter::from_record(&r)) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn select(&self, select: &Selection) -> Result<(Vec<Record>, Vec<u64>), AdminError> {

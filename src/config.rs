@@ -40,7 +40,7 @@ pub use downlink::{
 pub use gateway::GatewayConfig;
 pub use kafka::{Compression, KafkaConfig, PropertyValue};
 pub use metrics::MetricsConfig;
-pub use mqtt::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET};
+pub use mqtt::{BrokerAddress, MqttConfig, UrlError, MQTT_MAX_PACKET, PUBLISH_HEADER_ROOM};
 pub use queue::{QueueConfig, WhenFull};
 pub use retry::RetryConfig;
 pub use route::{RouteConfig, SourceKind};
@@ -310,6 +310,10 @@ mod tests {
         assert_eq!(config.kafka.compression, Compression::Lz4);
         assert_eq!(config.kafka.dlq_suffix, ".DLQ");
         assert_eq!(config.mqtt[0].client_id("gw"), "sensorgate-gw-local");
+        // 256 KiB of payload and room for the longest topic: what packaging/mosquitto.conf's
+        // max_packet_size (327680) must not exceed.
+        assert_eq!(config.mqtt[0].packet_limit(), 327_683);
+        assert!((0.0..=1.0).contains(&config.queue.dead_letter_share));
         assert!(config.problems().is_empty(), "{:?}", config.problems());
     }
 
@@ -328,7 +332,10 @@ mod tests {
             .replace("source = \"local\"", "source = \"nowhere\"")
             .replace("key = \"/device_id\"", "key = \"device_id\"")
             .replace("mqtt://127.0.0.1:1883", "http://x")
-            .replace("[kafka]", "[retry]\njitter = 2.0\n[kafka]");
+            .replace(
+                "[kafka]",
+                "[retry]\njitter = 2.0\n[queue]\ndead_letter_share = 0.0\n[kafka]",
+            );
         let config = Config::parse(&text, Path::new("a.toml")).unwrap();
         let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
         for key in [
@@ -336,6 +343,7 @@ mod tests {
             "route[0].key",
             "mqtt[0].url",
             "retry.jitter",
+            "queue.dead_letter_share",
         ] {
             assert!(
                 keys.contains(&key.to_owned()),

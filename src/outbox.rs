@@ -47,6 +47,13 @@
 //! - The byte bound (`[queue] max_bytes`) counts segment file bytes. Under `drop-oldest` the
 //!   oldest segment the publisher has not started to send is evicted whole (its records counted
 //!   as dropped); under `block` the committer holds acknowledgements until room appears.
+//! - Dead letters have their own bound under `drop-oldest` (`[queue] dead_letter_share` of
+//!   `max_bytes`): eviction frees whole segments, readings and dead letters alike, so a flood of
+//!   junk would otherwise push valid readings out. The ledger counts the dead letters' bytes per
+//!   segment until the segment goes; at the bound the committer drops new dead letters (counted,
+//!   acknowledged, never stored) rather than let them take more. Segments found at open count
+//!   no dead letters (that would need a full read), so after a restart the junk already queued
+//!   can be joined by one more share.
 //!
 //! # Crashes and damage
 //! - A torn tail (a commit cut off by a crash or power cut; none of its records was
@@ -168,6 +175,9 @@ struct Seg {
     end_seq: u64,
     /// Committed bytes.
     bytes: u64,
+    /// Of those, dead letters' records committed since the gateway started (not counted for
+    /// segments found at open: reading them all back would cost a full scan).
+    dead_bytes: u64,
     path: PathBuf,
     damaged: bool,
 }
@@ -187,6 +197,8 @@ struct Ledger {
     /// Evicted by drop-oldest and not yet passed by the publisher.
     evicted: Option<(u64, u64)>,
     bytes: u64,
+    /// Dead letters' bytes in the segments (see [`Seg::dead_bytes`]).
+    dead_bytes: u64,
     oldest_ms: Option<u64>,
     persisted: u64,
     persisted_at: Instant,
@@ -212,6 +224,8 @@ pub struct Outbox {
     dlq: Arc<Dlq>,
     seq_base: u64,
     max_bytes: u64,
+    /// The most [`Ledger::dead_bytes`] under `drop-oldest` ([`QueueConfig::dead_letter_bytes`]).
+    dead_letter_max: u64,
     segment_bytes: u64,
     policy: WhenFull,
     fsync: bool,
@@ -230,6 +244,7 @@ pub struct Batch {
     first_seq: u64,
     records: u64,
     dead: Vec<u64>,
+    dead_bytes: u64,
 }
 
 impl Batch {
@@ -240,12 +255,19 @@ impl Batch {
         {
             self.close_frame();
         }
+        let before = self.encoded_len();
         let seq = self.enc.push(record);
         self.records += 1;
         if record.meta.dead_letter.is_some() {
             self.dead.push(seq);
+            self.dead_bytes += self.encoded_len().saturating_sub(before) as u64;
         }
         seq
+    }
+
+    /// Encoded bytes of the batch's dead letters.
+    pub fn dead_bytes(&self) -> u64 {
+        self.dead_bytes
     }
 
     fn close_frame(&mut self) {
@@ -388,6 +410,7 @@ impl Outbox {
             dlq,
             seq_base,
             max_bytes: config.max_bytes.bytes(),
+            dead_letter_max: config.dead_letter_bytes(),
             segment_bytes,
             policy: config.when_full,
             fsync: config.fsync,
@@ -399,6 +422,7 @@ impl Outbox {
                 sent: settled,
                 evicted: None,
                 bytes,
+                dead_bytes: 0,
                 oldest_ms: None,
                 persisted: settled,
                 persisted_at: Instant::now(),
@@ -449,6 +473,7 @@ impl Outbox {
         batch.first_seq = next;
         batch.records = 0;
         batch.dead.clear();
+        batch.dead_bytes = 0;
     }
 
     /// Makes a batch durable (see the module doc for what that takes). `dead` holds the batch's
@@ -490,9 +515,11 @@ impl Outbox {
         let mut ledger = self.ledger();
         ledger.next_seq = end_seq;
         ledger.bytes += need;
+        ledger.dead_bytes += batch.dead_bytes;
         if let Some(last) = ledger.segments.back_mut() {
             last.end_seq = end_seq;
             last.bytes = tail.writer.len();
+            last.dead_bytes += batch.dead_bytes;
         }
         if ledger.oldest_ms.is_none() {
             ledger.oldest_ms = first_received_in(&batch.frames);
@@ -513,6 +540,7 @@ impl Outbox {
         if tail.writer.is_empty() {
             if let Some(last) = ledger.segments.pop_back() {
                 ledger.bytes = ledger.bytes.saturating_sub(last.bytes);
+                ledger.dead_bytes = ledger.dead_bytes.saturating_sub(last.dead_bytes);
                 let _ = std::fs::remove_file(&last.path);
             }
         }
@@ -521,6 +549,7 @@ impl Outbox {
             first_seq,
             end_seq: first_seq,
             bytes: writer.len(),
+            dead_bytes: 0,
             path: writer.path().to_owned(),
             damaged: false,
         });
@@ -587,6 +616,7 @@ impl Outbox {
                 break;
             };
             ledger.bytes = ledger.bytes.saturating_sub(seg.bytes);
+            ledger.dead_bytes = ledger.dead_bytes.saturating_sub(seg.dead_bytes);
             evicted_records += seg.end_seq - seg.first_seq;
             ledger.evicted = Some(match ledger.evicted {
                 Some((a, b)) if b == seg.first_seq => (a, seg.end_seq),
@@ -607,6 +637,13 @@ impl Outbox {
             );
         }
         Ok(())
+    }
+
+    /// How many more bytes of dead letters the log takes ([`QueueConfig::dead_letter_bytes`]
+    /// less those in it); the committer drops new dead letters (counted) when none.
+    pub fn dead_letter_room(&self) -> u64 {
+        self.dead_letter_max
+            .saturating_sub(self.ledger().dead_bytes)
     }
 
     /// Waits until the publisher freed space, or `timeout` passed (for the `block` policy).
@@ -641,6 +678,7 @@ impl Outbox {
             while ledger.segments.len() > 1 && ledger.segments[0].end_seq <= ledger.settled {
                 if let Some(seg) = ledger.segments.pop_front() {
                     ledger.bytes = ledger.bytes.saturating_sub(seg.bytes);
+                    ledger.dead_bytes = ledger.dead_bytes.saturating_sub(seg.dead_bytes);
                     doomed.push(seg);
                 }
             }
@@ -871,6 +909,7 @@ fn open_segments(dir: &Path, floor: u64, stats: &Stats) -> Result<(VecDeque<Seg>
             first_seq: *first,
             end_seq: end,
             bytes: len,
+            dead_bytes: 0,
             path: path.clone(),
             damaged: false,
         });
@@ -901,6 +940,7 @@ fn open_segments(dir: &Path, floor: u64, stats: &Stats) -> Result<(VecDeque<Seg>
                     first_seq: floor,
                     end_seq: floor,
                     bytes: writer.len(),
+                    dead_bytes: 0,
                     path: writer.path().to_owned(),
                     damaged: false,
                 });
@@ -928,6 +968,7 @@ fn open_segments(dir: &Path, floor: u64, stats: &Stats) -> Result<(VecDeque<Seg>
                 first_seq: floor,
                 end_seq: floor,
                 bytes: writer.len(),
+                dead_bytes: 0,
                 path: writer.path().to_owned(),
                 damaged: false,
             });

@@ -160,15 +160,63 @@ pub struct Violation {
     pub message: String,
 }
 
+/// Violations a dead letter keeps: the first ones, then one entry with the total count.
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// The longest text (bytes) of a violation's message or path; longer ones are cut at a character
+/// boundary and end in `…`. Messages quote the offending value, so this keeps a small hostile
+/// document from making megabytes of dead-letter metadata.
+pub const MAX_VIOLATION_TEXT: usize = 256;
+
 impl Violation {
-    /// A violation that is about the whole document.
-    pub fn whole(message: impl Into<String>) -> Self {
+    /// A violation, its texts cut to [`MAX_VIOLATION_TEXT`].
+    pub fn new(
+        instance_path: impl Into<String>,
+        schema_path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
-            instance_path: String::new(),
-            schema_path: String::new(),
-            message: message.into(),
+            instance_path: cut(instance_path.into()),
+            schema_path: cut(schema_path.into()),
+            message: cut(message.into()),
         }
     }
+
+    /// A violation that is about the whole document.
+    pub fn whole(message: impl Into<String>) -> Self {
+        Self::new(String::new(), String::new(), message)
+    }
+
+    /// At most [`MAX_VIOLATIONS`] of `violations` (made only for those kept), followed, when
+    /// there were more, by one entry saying how many there were in all.
+    pub fn bounded(mut violations: impl Iterator<Item = impl FnOnce() -> Self>) -> Vec<Self> {
+        let mut kept: Vec<Self> = violations
+            .by_ref()
+            .take(MAX_VIOLATIONS)
+            .map(|make| make())
+            .collect();
+        let more = violations.count();
+        if more > 0 {
+            kept.push(Self::whole(format!(
+                "{} violations in all; the first {MAX_VIOLATIONS} are kept",
+                MAX_VIOLATIONS + more
+            )));
+        }
+        kept
+    }
+}
+
+/// `text` cut to [`MAX_VIOLATION_TEXT`] bytes at a character boundary, marked with `…`.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_VIOLATION_TEXT {
+        let mut end = MAX_VIOLATION_TEXT - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// What makes a record a dead letter.
@@ -234,4 +282,33 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 text for a millisecond timestamp.
 pub fn format_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violation_texts_are_cut_at_a_character_boundary() {
+        let v = Violation::new("/".repeat(300), "", "é".repeat(300));
+        assert!(v.message.len() <= MAX_VIOLATION_TEXT && v.message.ends_with('…'));
+        assert!(v.message.trim_end_matches('…').chars().all(|c| c == 'é'));
+        assert_eq!(v.instance_path.len(), MAX_VIOLATION_TEXT);
+        assert_eq!(Violation::whole("short").message, "short");
+    }
+
+    #[test]
+    fn exactly_the_limit_keeps_every_violation_without_a_count() {
+        let make = |n: usize| (0..n).map(|i| move || Violation::whole(i.to_string()));
+        assert_eq!(
+            Violation::bounded(make(MAX_VIOLATIONS)).len(),
+            MAX_VIOLATIONS
+        );
+        let over = Violation::bounded(make(MAX_VIOLATIONS + 5));
+        assert_eq!(over.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(over[MAX_VIOLATIONS - 1].message, "19");
+        assert!(over[MAX_VIOLATIONS]
+            .message
+            .starts_with("25 violations in all"));
+    }
 }

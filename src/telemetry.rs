@@ -33,6 +33,7 @@ pub struct Stats {
     valid: AtomicU64,
     dead_letters: [AtomicU64; Reason::ALL.len()],
     dropped: AtomicU64,
+    dead_letters_dropped: AtomicU64,
     dlq_evicted: AtomicU64,
     commits: AtomicU64,
     committed: AtomicU64,
@@ -63,6 +64,7 @@ struct Detail {
     deliveries: BTreeMap<String, u64>,
     failures: BTreeMap<String, u64>,
     reconnects: BTreeMap<String, u64>,
+    oversize: BTreeMap<String, u64>,
     sources_up: BTreeMap<String, bool>,
 }
 
@@ -198,6 +200,8 @@ pub struct Snapshot {
     pub dead_letters: BTreeMap<String, u64>,
     /// Records evicted from a full outbox.
     pub dropped: u64,
+    /// Dead letters dropped because they filled their share of the outbox.
+    pub dead_letters_dropped: u64,
     /// Dead letters evicted from the local store by `[dlq]` retention.
     pub dlq_evicted: u64,
     /// Group commits (flush + fsync) of the outbox.
@@ -230,6 +234,8 @@ pub struct Snapshot {
     pub failures_by_topic: BTreeMap<String, u64>,
     /// Connection losses, by source.
     pub reconnects_by_source: BTreeMap<String, u64>,
+    /// MQTT packets over the source's packet limit (the connection was dropped), by source.
+    pub oversize_by_source: BTreeMap<String, u64>,
     /// Whether each source is connected (MQTT) or open (serial).
     pub sources_up: BTreeMap<String, bool>,
     /// Time from handing a record to librdkafka to Kafka's confirmation.
@@ -335,6 +341,10 @@ impl Stats {
     pub fn dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Relaxed);
     }
+    /// `n` dead letters were dropped: they filled their share of the outbox.
+    pub fn dead_letters_dropped(&self, n: u64) {
+        self.dead_letters_dropped.fetch_add(n, Relaxed);
+    }
     /// `n` dead letters were evicted from the local store by retention.
     pub fn dlq_evicted(&self, n: u64) {
         self.dlq_evicted.fetch_add(n, Relaxed);
@@ -421,6 +431,10 @@ impl Stats {
         self.source_up(source, false);
         self.mqtt_reconnects.fetch_add(1, Relaxed);
     }
+    /// The broker sent `source` a packet over its packet limit (the connection is dropped).
+    pub fn mqtt_oversize(&self, source: &str) {
+        bump(&mut self.detail().oversize, source);
+    }
     /// The counters of serial source `name`, registered on first use.
     pub fn serial_port(&self, name: &str) -> Arc<PortStats> {
         self.serial
@@ -482,6 +496,7 @@ impl Stats {
                 })
                 .collect(),
             dropped: self.dropped.load(Relaxed),
+            dead_letters_dropped: self.dead_letters_dropped.load(Relaxed),
             dlq_evicted: self.dlq_evicted.load(Relaxed),
             commits: self.commits.load(Relaxed),
             committed: self.committed.load(Relaxed),
@@ -511,6 +526,7 @@ impl Stats {
             deliveries_by_topic: detail.deliveries.clone(),
             failures_by_topic: detail.failures.clone(),
             reconnects_by_source: detail.reconnects.clone(),
+            oversize_by_source: detail.oversize.clone(),
             sources_up: detail.sources_up.clone(),
             publish_latency: self.publish_latency.read(),
             reloads_ok: self.reloads_ok.load(Relaxed),

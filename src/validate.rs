@@ -120,20 +120,22 @@ pub fn compile_file(dir: &Path, path: &Path) -> Result<Validator, SchemaError> {
         })
 }
 
-/// Every violation of `instance` against `validator`, in the validator's order.
+/// The violations of `instance` against `validator`, in the validator's order, bounded by
+/// [`Violation::bounded`]: the first ones with their texts cut, then the total count.
 pub fn violations(validator: &Validator, instance: &Value) -> Vec<Violation> {
     // The fast check first: collecting errors walks the whole schema and allocates.
     if validator.is_valid(instance) {
         return Vec::new();
     }
-    validator
-        .iter_errors(instance)
-        .map(|e| Violation {
-            instance_path: e.instance_path.to_string(),
-            schema_path: e.schema_path.to_string(),
-            message: e.to_string(),
-        })
-        .collect()
+    Violation::bounded(validator.iter_errors(instance).map(|e| {
+        move || {
+            Violation::new(
+                e.instance_path.to_string(),
+                e.schema_path.to_string(),
+                e.to_string(),
+            )
+        }
+    }))
 }
 
 /// Resolves `json-schema:///name.json` and `file:` URIs to files inside the schemas directory.
@@ -207,6 +209,32 @@ mod tests {
         assert!(errors
             .iter()
             .all(|e| !e.schema_path.is_empty() && !e.message.is_empty()));
+    }
+
+    #[test]
+    fn a_small_hostile_document_makes_bounded_violations() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ints.json",
+            &json!({"type": "array", "items": {"type": "integer"}}),
+        );
+        let registry = SchemaRegistry::load(dir.path(), ["ints.json"]).unwrap();
+        let v = registry.get("ints.json").unwrap();
+        // 1,000 wrong items, each quoted whole in its message by the validator.
+        let long = "x".repeat(10_000);
+        let doc = Value::Array(vec![Value::String(long); 1000]);
+        let errors = violations(v, &doc);
+        assert_eq!(errors.len(), 21, "the first 20 and the count");
+        assert_eq!(errors[0].instance_path, "/0");
+        assert!(errors[20].message.starts_with("1000 violations in all"));
+        for e in &errors {
+            assert!(e.message.len() <= 256, "{} bytes", e.message.len());
+            assert!(e.instance_path.len() <= 256 && e.schema_path.len() <= 256);
+        }
+        assert!(errors[0].message.ends_with('…'));
+        let json = serde_json::to_string(&errors).unwrap();
+        assert!(json.len() < 16 << 10, "{} bytes of metadata", json.len());
     }
 
     #[test]

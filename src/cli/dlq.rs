@@ -9,6 +9,8 @@ use crate::admin::{self, AdminError, DeadLetter, Filter, Mode, Request, Response
 use crate::config::Config;
 use crate::record::format_ms;
 
+use super::tail::{escape_controls as clean, write_bytes};
+
 fn unexpected(response: &Response) -> AdminError {
     AdminError::Protocol(format!("unexpected response: {response:?}"))
 }
@@ -28,7 +30,7 @@ fn first_error(d: &DeadLetter) -> String {
             format!("{}: {}", v.instance_path, v.message)
         }
     });
-    let text = text.replace('\n', " ");
+    let text = clean(&text.replace('\n', " ")).into_owned();
     if text.chars().count() > 72 {
         format!("{}…", text.chars().take(71).collect::<String>())
     } else {
@@ -62,8 +64,8 @@ pub async fn list(
             d.id,
             format_ms(d.meta.received_at_ms),
             d.reason().map_or("?", |r| r.as_str()),
-            d.meta.source,
-            d.meta.origin.to_string(),
+            clean(&d.meta.source),
+            clean(&d.meta.origin.to_string()),
             first_error(d)
         )?;
     }
@@ -100,12 +102,22 @@ pub async fn show(
         d.reason().map_or("?", |r| r.as_str())
     )?;
     writeln!(out, "received:    {}", format_ms(m.received_at_ms))?;
-    writeln!(out, "gateway:     {}", m.gateway)?;
-    writeln!(out, "source:      {}", m.source)?;
-    writeln!(out, "origin:      {}", m.origin)?;
-    writeln!(out, "route:       {}", m.route.as_deref().unwrap_or("-"))?;
-    writeln!(out, "schema:      {}", m.schema.as_deref().unwrap_or("-"))?;
-    writeln!(out, "kafka topic: {}", m.kafka_topic)?;
+    // Everything that came from a device or a broker is printed with its control characters
+    // escaped, as `tail` does: a payload must not drive the operator's terminal.
+    writeln!(out, "gateway:     {}", clean(&m.gateway))?;
+    writeln!(out, "source:      {}", clean(&m.source))?;
+    writeln!(out, "origin:      {}", clean(&m.origin.to_string()))?;
+    writeln!(
+        out,
+        "route:       {}",
+        clean(m.route.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(
+        out,
+        "schema:      {}",
+        clean(m.schema.as_deref().unwrap_or("-"))
+    )?;
+    writeln!(out, "kafka topic: {}", clean(&m.kafka_topic))?;
     if let Some(len) = m.dead_letter.as_ref().and_then(|i| i.original_len) {
         writeln!(out, "original:    {len} bytes (stored truncated)")?;
     }
@@ -114,12 +126,22 @@ pub async fn show(
         writeln!(
             out,
             "  - at `{}` (schema `{}`): {}",
-            v.instance_path, v.schema_path, v.message
+            clean(&v.instance_path),
+            clean(&v.schema_path),
+            clean(&v.message)
         )?;
     }
     let bytes = d.payload_bytes()?;
     match std::str::from_utf8(&bytes) {
-        Ok(text) => writeln!(out, "payload ({} bytes, UTF-8):\n{text}", bytes.len())?,
+        Ok(_) => {
+            writeln!(
+                out,
+                "payload ({} bytes, UTF-8, control characters escaped):",
+                bytes.len()
+            )?;
+            write_bytes(out, &bytes)?;
+            writeln!(out)?;
+        }
         Err(_) => writeln!(
             out,
             "payload ({} bytes, not UTF-8, hex):\n{}",

@@ -246,21 +246,28 @@ fn write_record(out: &mut impl Write, message: &BorrowedMessage<'_>) -> std::io:
 }
 
 /// Text when UTF-8 (control characters escaped, so a record stays on one line), hex otherwise.
-fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_bytes(out: &mut (impl Write + ?Sized), bytes: &[u8]) -> std::io::Result<()> {
     match std::str::from_utf8(bytes) {
-        Ok(text) if !text.chars().any(char::is_control) => out.write_all(text.as_bytes()),
-        Ok(text) => {
-            for c in text.chars() {
-                if c.is_control() {
-                    write!(out, "{}", c.escape_default())?;
-                } else {
-                    write!(out, "{c}")?;
-                }
-            }
-            Ok(())
-        }
+        Ok(text) => out.write_all(escape_controls(text).as_bytes()),
         Err(_) => write!(out, "0x{}", hex::encode(bytes)),
     }
+}
+
+/// `text` with its control characters (newlines, escapes that would drive the terminal)
+/// written as Rust escapes (`\n`, `\u{1b}`).
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// The set of sequence numbers seen, as disjoint inclusive ranges, plus the duplicates.

@@ -16,6 +16,10 @@ use super::Problem;
 /// The largest packet MQTT 3.1.1 allows (remaining length of 268,435,455 bytes).
 pub const MQTT_MAX_PACKET: usize = 268_435_455;
 
+/// Room for a PUBLISH's variable header on top of its payload: the topic's length prefix and the
+/// longest topic MQTT allows, and the packet id.
+pub const PUBLISH_HEADER_ROOM: usize = 2 + 65_535 + 2;
+
 /// `[[mqtt]]`: one broker connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +55,8 @@ pub struct MqttConfig {
     /// MQTT keep-alive interval.
     #[serde(default = "default_keep_alive", with = "units::duration")]
     pub keep_alive: Duration,
-    /// Payloads larger than this become `too-large` dead letters (stored truncated to this size).
+    /// Payloads larger than this become `too-large` dead letters (stored truncated to this size);
+    /// packets larger than [`MqttConfig::packet_limit`] are refused (see the README).
     #[serde(default = "default_max_payload")]
     pub max_payload: ByteSize,
     /// Longest wait between reconnect attempts.
@@ -60,6 +65,16 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
+    /// The largest packet the source takes from the broker: `max_payload` plus
+    /// [`PUBLISH_HEADER_ROOM`]. rumqttc allocates a whole frame before the payload is seen, so
+    /// this bounds what one publish costs; a larger packet drops the connection.
+    pub fn packet_limit(&self) -> usize {
+        usize::try_from(self.max_payload.bytes())
+            .unwrap_or(MQTT_MAX_PACKET)
+            .saturating_add(PUBLISH_HEADER_ROOM)
+            .min(MQTT_MAX_PACKET)
+    }
+
     /// The client id used for the persistent session.
     pub fn client_id(&self, gateway_id: &str) -> String {
         self.client_id

@@ -50,9 +50,24 @@ pub struct QueueConfig {
     /// Memory for sled's page cache (the dead-letter store and metadata).
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: ByteSize,
+    /// Under `drop-oldest`, the share of `max_bytes` that dead letters waiting for their DLQ
+    /// topic may take; past it new dead letters are dropped (counted) instead of evicting
+    /// readings. 1 turns the bound off.
+    #[serde(default = "default_dead_letter_share")]
+    pub dead_letter_share: f64,
 }
 
 impl QueueConfig {
+    /// The most bytes of dead letters the outbox holds under `drop-oldest` (`u64::MAX` under
+    /// `block`, which drops nothing).
+    pub fn dead_letter_bytes(&self) -> u64 {
+        match self.when_full {
+            WhenFull::Block => u64::MAX,
+            WhenFull::DropOldest if self.dead_letter_share >= 1.0 => u64::MAX,
+            WhenFull::DropOldest => (self.max_bytes.bytes() as f64 * self.dead_letter_share) as u64,
+        }
+    }
+
     /// Every problem in this section, keyed relative to it (`max_bytes`, `max_batch`).
     pub fn check(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -64,6 +79,15 @@ impl QueueConfig {
         }
         if self.max_batch == 0 {
             problems.push(Problem::new("max_batch", "must be at least 1"));
+        }
+        if !(self.dead_letter_share > 0.0 && self.dead_letter_share <= 1.0) {
+            problems.push(Problem::new(
+                "dead_letter_share",
+                format!(
+                    "{} is not a share of max_bytes (more than 0, at most 1)",
+                    self.dead_letter_share
+                ),
+            ));
         }
         problems
     }
@@ -78,6 +102,7 @@ impl Default for QueueConfig {
             max_batch: default_max_batch(),
             fsync: true,
             cache_capacity: default_cache_capacity(),
+            dead_letter_share: default_dead_letter_share(),
         }
     }
 }
@@ -96,6 +121,9 @@ const fn default_max_batch() -> usize {
 }
 const fn default_cache_capacity() -> ByteSize {
     ByteSize(1 << 20)
+}
+const fn default_dead_letter_share() -> f64 {
+    0.1
 }
 const fn default_true() -> bool {
     true

@@ -120,11 +120,7 @@ pub fn expired(expires_at_ms: Option<u64>, now_ms: u64) -> Option<Violation> {
 
 /// The time at `pointer`: `None` when absent or null, a violation when not an RFC 3339 time.
 fn expiry(doc: &Value, pointer: &str) -> Result<Option<u64>, Violation> {
-    let bad = |message: String| Violation {
-        instance_path: pointer.to_owned(),
-        schema_path: String::new(),
-        message,
-    };
+    let bad = |message: String| Violation::new(pointer, String::new(), message);
     match doc.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => match chrono::DateTime::parse_from_rfc3339(text) {

@@ -172,11 +172,11 @@ fn decode_csv(text: &str, columns: &[Column]) -> Result<Value, Rejected> {
             Ok(value) => {
                 object.insert(column.name.clone(), value);
             }
-            Err(message) => errors.push(Violation {
-                instance_path: format!("/{}", column.name.replace('~', "~0").replace('/', "~1")),
-                schema_path: String::new(),
+            Err(message) => errors.push(Violation::new(
+                format!("/{}", column.name.replace('~', "~0").replace('/', "~1")),
+                String::new(),
                 message,
-            }),
+            )),
         }
     }
     if errors.is_empty() {
@@ -184,7 +184,7 @@ fn decode_csv(text: &str, columns: &[Column]) -> Result<Value, Rejected> {
     } else {
         Err(Rejected {
             reason: Reason::BadCsv,
-            errors,
+            errors: Violation::bounded(errors.into_iter().map(|v| move || v)),
         })
     }
 }

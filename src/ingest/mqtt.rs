@@ -17,8 +17,14 @@
 //! subscription, which would never deliver. The source counts as up only once the SUBACK
 //! granted every filter; a refused subscription is retried with backoff.
 //!
-//! The incoming packet limit is the MQTT maximum, so an oversize payload is received,
-//! dead-lettered as `too-large` and acknowledged, never a reconnect loop.
+//! What one publish may cost is bounded: rumqttc allocates a whole frame as soon as it has read
+//! its fixed header, so the incoming packet limit is `max_payload` plus room for the longest
+//! topic ([`MqttConfig::packet_limit`]). A payload over `max_payload` that fits is received,
+//! dead-lettered as `too-large` and acknowledged. A larger packet makes rumqttc drop the
+//! connection before reading it: the source counts it (`sensorgate_mqtt_oversize_packets_total`),
+//! logs an error and reconnects. A QoS 0 one is gone; a QoS 1 one the broker redelivers on
+//! every reconnect, so the broker must refuse such publishes first (`max_packet_size`, set in
+//! `packaging/mosquitto.conf`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +40,7 @@ use thiserror::Error;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BrokerAddress, MqttConfig, SecretFileError, UrlError, MQTT_MAX_PACKET};
+use crate::config::{BrokerAddress, MqttConfig, SecretFileError, UrlError};
 use crate::outbox::committer::{AckReceiver, AckToken, Request, Submission, Submitter};
 use crate::pipeline::Classifier;
 use crate::record::{now_ms, Origin, Reading};
@@ -102,7 +108,7 @@ impl MqttSource {
         options
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_max_packet_size(MQTT_MAX_PACKET, 64 << 10)
+            .set_max_packet_size(self.config.packet_limit(), 64 << 10)
             .set_request_channel_capacity(1024);
         Ok(options)
     }
@@ -143,6 +149,10 @@ impl MqttSource {
                 End::Lost(e) => {
                     failures += 1;
                     self.stats.mqtt_reconnect(&name);
+                    if let Some(bytes) = oversize(&e) {
+                        self.stats.mqtt_oversize(&name);
+                        tracing::error!(source = %name, bytes, limit = self.config.packet_limit(), "MQTT broker sent a packet larger than max_payload allows; dropped the connection without reading it (a QoS 1 publish comes back on every reconnect: make the broker refuse it, max_packet_size in mosquitto)");
+                    }
                     if failures == 1 && self.needs_client_cert_hint(&e) {
                         // TLS 1.3: a broker that wants a client certificate refuses after the
                         // handshake, which the client sees as an alert or as a reset.
@@ -367,6 +377,16 @@ fn tls_connector(config: &MqttConfig) -> Result<native_tls::TlsConnector, MqttEr
     builder
         .build()
         .map_err(|e| MqttError::Tls(format!("cannot set up TLS: {e}")))
+}
+
+/// The size of the packet, when `e` is rumqttc refusing one over the packet limit.
+fn oversize(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(bytes),
+        )) => Some(*bytes),
+        _ => None,
+    }
 }
 
 /// Why a connection ended.

@@ -317,15 +317,27 @@ struct Work {
     dead: Vec<usize>,
     acks: Vec<Vec<AckToken>>,
     replays: Vec<PendingReplay>,
+    /// Dead letters are being dropped ([`Outbox::dead_letter_room`] ran out).
+    dropping: bool,
 }
 
 impl Work {
     fn fill(&mut self, pending: &mut Vec<Request>, outbox: &Outbox, batch: &mut Batch) {
         outbox.begin(batch);
+        let dead_room = outbox.dead_letter_room();
+        let mut dropped = 0u64;
         for request in pending.drain(..) {
             match request {
                 Request::Record(sub) => {
-                    batch.push(&sub.record);
+                    let dead = sub.record.meta.dead_letter.is_some();
+                    // Dead letters past their share of the outbox are dropped, not stored: a
+                    // counted drop, acknowledged like a stored record.
+                    let admitted = !dead || batch.dead_bytes() < dead_room;
+                    if admitted {
+                        batch.push(&sub.record);
+                    } else {
+                        dropped += 1;
+                    }
                     if let Some(ack) = sub.ack {
                         let sink = usize::from(ack.sink);
                         if self.acks.len() <= sink {
@@ -333,7 +345,7 @@ impl Work {
                         }
                         self.acks[sink].push(ack);
                     }
-                    if sub.record.meta.dead_letter.is_some() {
+                    if dead && admitted {
                         self.dead.push(self.records.len());
                         self.records.push(sub.record);
                     }
@@ -355,6 +367,18 @@ impl Work {
                 }
             }
         }
+        if dropped > 0 {
+            outbox.stats.dead_letters_dropped(dropped);
+            if !self.dropping {
+                tracing::warn!(
+                    dropped,
+                    "Dead letters fill their share of the outbox (queue.dead_letter_share): dropping new ones until the DLQ topic takes some"
+                );
+            }
+        } else if self.dropping && dead_room > 0 {
+            tracing::info!("Dead letters fit in the outbox again");
+        }
+        self.dropping = dropped > 0 || (self.dropping && dead_room == 0);
     }
 
     fn clear(&mut self) {

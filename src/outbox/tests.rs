@@ -329,3 +329,34 @@ fn a_format_1_state_directory_is_migrated_with_its_backlog_and_dead_letters() {
     let quarantine = outbox.db.open_tree("quarantine").unwrap();
     assert_eq!(quarantine.len(), 1, "the undecodable value is kept");
 }
+
+#[test]
+fn dead_letters_count_against_their_share_until_their_segment_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB, drop-oldest, dead letters 10%: 1.6 MiB; 256 KiB segments.
+    let cfg = config(16 << 20, WhenFull::DropOldest);
+    let outbox = open(dir.path(), &cfg, Arc::default());
+    let share = cfg.dead_letter_bytes();
+    assert_eq!(share, (16 << 20) / 10);
+    assert_eq!(outbox.dead_letter_room(), share);
+    let mut seqs = Vec::new();
+    for i in 0..2000 {
+        seqs.extend(commit(&outbox, &[dead(i), record(i, &[0; 100])]));
+    }
+    let room = outbox.dead_letter_room();
+    assert!(room < share, "dead letters are counted");
+    assert!(
+        share - room < 2000 * 400,
+        "readings are not: {}",
+        share - room
+    );
+    // Everything settled: every segment but the newest goes, and with it their dead letters.
+    let end = *seqs.last().unwrap() + 1;
+    outbox.settle(end, 0, end, None).unwrap();
+    assert!(outbox.dead_letter_room() > room);
+    // `block` drops nothing, so it has no dead-letter bound.
+    assert_eq!(
+        config(16 << 20, WhenFull::Block).dead_letter_bytes(),
+        u64::MAX
+    );
+}

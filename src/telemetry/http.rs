@@ -1,7 +1,8 @@
 //! A deliberately small HTTP/1.1 endpoint: `GET /metrics` (Prometheus text), `GET /healthz`
 //! (the process answers) and `GET /readyz` (outbox open and at least one source up; Kafka's
 //! state is reported in the body but is not a condition, since we buffer). One request per
-//! connection, 8 KiB request limit, 5 s to send it.
+//! connection, 8 KiB request limit, 5 s for the whole exchange, at most [`MAX_CONNECTIONS`] at
+//! once: one more is answered `503` at once (without reading it) and closed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,27 +72,62 @@ impl Endpoint {
     }
 }
 
+/// Connections served at once: a scraper or two, health probes, an operator's curl.
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // As many again may be told `503` (read briefly first, so that closing does not reset the
+    // connection under the answer); past those, connections are closed at once.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let endpoint = endpoint.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &endpoint))
-                        .await;
-                });
-            }
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let endpoint = endpoint.clone();
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), handle(stream, &endpoint))
+                                .await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        limit = MAX_CONNECTIONS,
+                        "Metrics endpoint busy; refusing a connection"
+                    );
+                    if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(1), refuse(stream)).await;
+                            drop(slot);
+                        });
+                    }
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "Metrics endpoint cannot accept connections");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
+
+/// Reads what the client sent so far (closing over unread bytes would reset the connection),
+/// then answers `503`.
+async fn refuse(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
+    stream.write_all(BUSY.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 async fn handle(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<()> {

@@ -187,6 +187,12 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         s.dropped,
     );
     o.single(
+        "sensorgate_outbox_dead_letters_dropped_total",
+        "counter",
+        "New dead letters dropped, not stored, because dead letters filled their share of the outbox (queue.dead_letter_share, drop-oldest).",
+        s.dead_letters_dropped,
+    );
+    o.single(
         "sensorgate_dlq_evicted_total",
         "counter",
         "Dead letters evicted from the local store by [dlq] retention (oldest first).",
@@ -300,6 +306,13 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         "Connection (MQTT) or device (serial) losses, by source.",
         "source",
         every(&sources, &reconnects).iter().map(|(k, v)| (k, *v)),
+    );
+    o.map(
+        "sensorgate_mqtt_oversize_packets_total",
+        "counter",
+        "Packets an MQTT broker sent over the source's packet limit (max_payload plus header room); each dropped the connection.",
+        "source",
+        every(&sources, &s.oversize_by_source).iter().map(|(k, v)| (k, *v)),
     );
     o.map(
         "sensorgate_source_up",

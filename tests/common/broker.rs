@@ -57,11 +57,44 @@ impl Mosquitto {
         panic!("mosquitto did not start on any of 5 ports");
     }
 
+    /// Like [`Mosquitto::start`] with `settings` (mosquitto.conf lines) added.
+    pub fn start_with_settings(settings: &str) -> Self {
+        for _ in 0..5 {
+            if let Some(broker) = Self::try_start_full(100, false, settings) {
+                return broker;
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
+    /// mosquitto with the whole configuration `conf(port)` makes for the port it is given.
+    pub fn start_with_conf(conf: impl Fn(u16) -> String) -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let path = dir.path().join("mosquitto.conf");
+            std::fs::write(&path, conf(port)).unwrap();
+            if let Some(child) = spawn_mosquitto(&path, port) {
+                return Self {
+                    port,
+                    child,
+                    conf: path,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports");
+    }
+
     fn try_start(inflight: u32) -> Option<Self> {
         Self::try_start_with(inflight, false)
     }
 
     fn try_start_with(inflight: u32, persistent: bool) -> Option<Self> {
+        Self::try_start_full(inflight, persistent, "")
+    }
+
+    fn try_start_full(inflight: u32, persistent: bool, settings: &str) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -78,7 +111,7 @@ impl Mosquitto {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  max_queued_messages 1000000\nmax_inflight_messages {inflight}\nuser root\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\n"
+                 log_dest stderr\nlog_type error\nlog_type warning\n{settings}\n"
             ),
         )
         .unwrap();
