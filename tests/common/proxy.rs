@@ -2,7 +2,8 @@
 //! ([`Proxy::blackhole`]): connections stay open but nothing reaches the other side, as with a
 //! broker that stops acknowledging; or drop a connection right after the broker's first packet
 //! ([`Proxy::cut_after_connack`]: the CONNACK reaches the client, nothing the client sends
-//! after it reaches the broker). A tool for injecting a fault, not a broker.
+//! after it reaches the broker); or close every open connection at once ([`Proxy::reset`]).
+//! A tool for injecting a fault, not a broker.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub struct Proxy {
     blackhole: Arc<AtomicBool>,
     /// Connections still to cut after their CONNACK; and how many were cut.
     cuts: Arc<(AtomicU32, AtomicU32)>,
+    resets: tokio::sync::watch::Sender<u32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -25,6 +27,7 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let blackhole = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new((AtomicU32::new(0), AtomicU32::new(0)));
+        let (resets, reset_rx) = tokio::sync::watch::channel(0u32);
         let task = {
             let blackhole = blackhole.clone();
             let cuts = cuts.clone();
@@ -42,8 +45,9 @@ impl Proxy {
                         cuts.1.fetch_add(1, Ordering::SeqCst);
                         Arc::new(AtomicBool::new(false))
                     });
-                    tokio::spawn(pipe(cr, sw, blackhole.clone(), cut.clone(), false));
-                    tokio::spawn(pipe(sr, cw, blackhole.clone(), cut, true));
+                    let (r1, r2) = (reset_rx.clone(), reset_rx.clone());
+                    tokio::spawn(pipe(cr, sw, blackhole.clone(), cut.clone(), false, r1));
+                    tokio::spawn(pipe(sr, cw, blackhole.clone(), cut, true, r2));
                 }
             })
         };
@@ -51,6 +55,7 @@ impl Proxy {
             port,
             blackhole,
             cuts,
+            resets,
             task,
         }
     }
@@ -68,6 +73,11 @@ impl Proxy {
     /// reached the client; what the client sends after it (its SUBSCRIBE) is dropped.
     pub fn cut_after_connack(&self, n: u32) {
         self.cuts.0.store(n, Ordering::SeqCst);
+    }
+
+    /// Closes every connection open now (both sides see it end; new ones are accepted).
+    pub fn reset(&self) {
+        self.resets.send_modify(|n| *n += 1);
     }
 
     /// How many connections were cut so far.
@@ -96,12 +106,17 @@ async fn pipe(
     blackhole: Arc<AtomicBool>,
     cut: Option<Arc<AtomicBool>>,
     from_broker: bool,
+    mut reset: tokio::sync::watch::Receiver<u32>,
 ) {
     let mut buf = vec![0u8; 16 << 10];
+    reset.borrow_and_update();
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = reset.changed() => break,
         };
         if blackhole.load(Ordering::SeqCst) {
             continue;
