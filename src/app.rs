@@ -367,7 +367,7 @@ async fn supervise(
     } = tasks;
     let ingest_stop = CancellationToken::new();
     let publish_stop = CancellationToken::new();
-    let committer = thread("sg-committer", move || committer.run());
+    let mut committer = Box::pin(thread("sg-committer", move || committer.run()));
     let mut publisher = {
         let stop = publish_stop.clone();
         Box::pin(thread("sg-publisher", move || {
@@ -430,6 +430,7 @@ async fn supervise(
 
     let mut failure: Option<AppError> = None;
     let mut publisher_done = false;
+    let mut committer_done = false;
     tokio::select! {
         _ = stop.cancelled() => tracing::info!("Stopping: no new readings, committing the outbox"),
         Some(result) = sources.join_next() => {
@@ -437,6 +438,16 @@ async fn supervise(
                 Ok(Ok(())) => AppError::Task("a source stopped unexpectedly".into()),
                 Ok(Err(e)) => e,
                 Err(e) => AppError::Task(e.to_string()),
+            });
+        }
+        result = &mut committer => {
+            // Only a write error that needs the database reopened ends it early: stop, and
+            // let systemd start the service again (nothing it held was acknowledged).
+            committer_done = true;
+            failure = Some(match result {
+                Ok(Ok(())) => AppError::Task("the committer stopped unexpectedly".into()),
+                Ok(Err(e)) => e.into(),
+                Err(e) => e,
             });
         }
         result = &mut publisher => {
@@ -462,10 +473,12 @@ async fn supervise(
                 tracing::error!(error = %e, "Source failed while stopping");
             }
         }
-        match committer.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "Committer failed"),
-            Err(e) => tracing::error!(error = %e, "Committer thread failed"),
-            Ok(Ok(())) => {}
+        if !committer_done {
+            match committer.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "Committer failed"),
+                Err(e) => tracing::error!(error = %e, "Committer thread failed"),
+                Ok(Ok(())) => {}
+            }
         }
     };
     if tokio::time::timeout(INGEST_GRACE, ingest_done)

@@ -105,6 +105,8 @@ use watermark::WatermarkFile;
 /// A frame is closed once it holds this many bytes.
 pub const FRAME_TARGET: usize = 64 << 10;
 const FORMAT: u32 = 2;
+/// What [`Outbox::probe_writable`] writes: room for a commit and sled's next log buffer.
+pub const PROBE_BYTES: usize = 256 * 1024;
 /// How often the settled watermark is written to its file at most ([`watermark`]).
 const PERSIST_EVERY: Duration = Duration::from_millis(100);
 
@@ -147,6 +149,26 @@ pub enum OutboxError {
     /// A format-1 record could not be migrated.
     #[error("stored record is malformed: {0}")]
     Format(String),
+    /// A write error that only reopening the database clears (see [`OutboxError::latches`]);
+    /// the committer stops with it once the disk accepts writes again, so the service restarts.
+    #[error(
+        "the dead-letter database must be reopened after a write error ({0}); stopping so that \
+         the service restarts (nothing of the failed commit was acknowledged)"
+    )]
+    Latched(Box<OutboxError>),
+}
+
+impl OutboxError {
+    /// Whether retrying cannot help until the database is reopened: sled latches its first I/O
+    /// error (ENOSPC included) and returns it from then on, and after a failed `fsync` of its
+    /// data file nobody can tell which of its writes reached the disk. A failed segment write
+    /// or sync does not latch: the commit is written again, whole, to a fresh segment file.
+    pub fn latches(&self) -> bool {
+        matches!(
+            self,
+            Self::Sled { .. } | Self::Dlq(DlqError::Sled { .. } | DlqError::Sync { .. })
+        )
+    }
 }
 
 type Result<T, E = OutboxError> = std::result::Result<T, E>;
@@ -644,6 +666,18 @@ impl Outbox {
     pub fn dead_letter_room(&self) -> u64 {
         self.dead_letter_max
             .saturating_sub(self.ledger().dead_bytes)
+    }
+
+    /// Whether the disk takes writes again: writes [`PROBE_BYTES`] to a scratch file in the
+    /// queue directory, syncs and deletes it.
+    pub fn probe_writable(&self) -> std::io::Result<()> {
+        let path = self.dir.join(".probe");
+        let result = std::fs::File::create(&path).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &[0u8; PROBE_BYTES])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     /// Waits until the publisher freed space, or `timeout` passed (for the `block` policy).

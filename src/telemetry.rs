@@ -55,6 +55,8 @@ pub struct Stats {
     reloads_failed: AtomicU64,
     outbox_corrupt: AtomicU64,
     outbox_corrupt_records: AtomicU64,
+    outbox_write_failing: AtomicBool,
+    outbox_write_errors: AtomicU64,
     /// Liveness of the pipeline's tasks, read by the watchdog.
     pub heartbeats: Heartbeats,
 }
@@ -250,6 +252,10 @@ pub struct Snapshot {
     pub outbox_corrupt: u64,
     /// Records lost in them (as far as the sequence numbers around the damage tell).
     pub outbox_corrupt_records: u64,
+    /// The last commit failed (disk full or failing): readings wait unacknowledged.
+    pub outbox_write_failing: bool,
+    /// Commit attempts that failed.
+    pub outbox_write_errors: u64,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
@@ -412,6 +418,19 @@ impl Stats {
         self.outbox_corrupt.fetch_add(1, Relaxed);
         self.outbox_corrupt_records.fetch_add(records, Relaxed);
     }
+    /// A commit attempt failed: nothing in it is acknowledged.
+    pub fn outbox_write_failed(&self) {
+        self.outbox_write_failing.store(true, Relaxed);
+        self.outbox_write_errors.fetch_add(1, Relaxed);
+    }
+    /// A commit succeeded after failures.
+    pub fn outbox_writable(&self) {
+        self.outbox_write_failing.store(false, Relaxed);
+    }
+    /// Whether the last commit attempt failed.
+    pub fn outbox_write_failing(&self) -> bool {
+        self.outbox_write_failing.load(Relaxed)
+    }
     /// A delivery to `topic` failed transiently.
     pub fn delivery_failed(&self, topic: &str) {
         bump(&mut self.detail().failures, topic);
@@ -533,6 +552,8 @@ impl Stats {
             reloads_failed: self.reloads_failed.load(Relaxed),
             outbox_corrupt: self.outbox_corrupt.load(Relaxed),
             outbox_corrupt_records: self.outbox_corrupt_records.load(Relaxed),
+            outbox_write_failing: self.outbox_write_failing.load(Relaxed),
+            outbox_write_errors: self.outbox_write_errors.load(Relaxed),
         }
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! When the outbox is full under the `block` policy, or the disk refuses a write, the committer
 //! holds the batch unacknowledged and retries; MQTT brokers keep redelivering what was never
-//! acknowledged, so nothing is lost while it waits. It runs on its own thread: its work is file
+//! acknowledged, so nothing is lost while it waits. An error that latches (sled's, see
+//! [`OutboxError::latches`]) cannot be retried away: the committer waits until the disk takes
+//! writes again, then stops with [`OutboxError::Latched`] and the service restarts. It runs on its own thread: its work is file
 //! I/O, and a blocked sync must not hold up the async runtime.
 
 use std::collections::VecDeque;
@@ -178,23 +180,24 @@ impl Committer {
     }
 
     /// Commits batches until every [`Submitter`] is dropped and the last batch is durable.
-    /// Blocks the calling thread (run it with `spawn_blocking`).
+    /// Blocks the calling thread (run it with `spawn_blocking`). Fails only with
+    /// [`OutboxError::Latched`]: a write error that needs the database reopened, returned once
+    /// the disk accepts writes again (the service restarts; what was held is redelivered).
     pub fn run(self) -> Result<(), OutboxError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .map_err(|e| OutboxError::Sync(format!("cannot start the committer: {e}")))?;
-        runtime.block_on(self.commit_loop());
-        Ok(())
+        runtime.block_on(self.commit_loop())
     }
 
-    async fn commit_loop(mut self) {
+    async fn commit_loop(mut self) -> Result<(), OutboxError> {
         let mut pending = Vec::with_capacity(self.max_batch);
         let mut batch = self.outbox.batch();
         let mut work = Work::default();
         loop {
             if self.rx.recv_many(&mut pending, self.max_batch).await == 0 {
-                return;
+                return Ok(());
             }
             let deadline = Instant::now() + self.interval;
             let mut closed = false;
@@ -207,16 +210,20 @@ impl Committer {
             }
             self.outbox.stats.heartbeats.committer_busy(true);
             work.fill(&mut pending, &self.outbox, &mut batch);
-            self.store(&mut batch, &mut work);
+            let stored = self.store(&mut batch, &mut work);
             self.outbox.stats.heartbeats.committer_busy(false);
+            stored?;
             if closed {
-                return;
+                return Ok(());
             }
         }
     }
 
-    /// Commits `batch` (retrying until it is durable), then acknowledges.
-    fn store(&mut self, batch: &mut Batch, work: &mut Work) {
+    /// Commits `batch` (retrying until it is durable), then acknowledges. A failed attempt is
+    /// never acknowledged and its sync never retried: the batch is written again, whole, to a
+    /// fresh segment. The first failure of an outage logs one error and raises
+    /// `sensorgate_outbox_write_failing` (and `/readyz`, STATUS=) until a commit succeeds.
+    fn store(&mut self, batch: &mut Batch, work: &mut Work) -> Result<(), OutboxError> {
         let mut failures = 0u32;
         let mut blocked = false;
         loop {
@@ -224,13 +231,15 @@ impl Committer {
             match self.outbox.commit(batch, &dead) {
                 Ok(committed) => {
                     if failures > 0 {
+                        self.outbox.stats.outbox_writable();
                         tracing::info!(attempts = failures, "Outbox writes succeed again");
                     }
                     if blocked {
                         tracing::info!("Outbox has room again: acknowledging readings");
                     }
                     self.committed(committed, batch, work);
-                    break self.outbox.begin(batch);
+                    self.outbox.begin(batch);
+                    return Ok(());
                 }
                 Err(CommitError::Full) => {
                     if !blocked {
@@ -247,22 +256,45 @@ impl Committer {
                 }
                 Err(CommitError::Failed(e)) => {
                     failures += 1;
-                    let delay = Duration::from_millis(100u64 << failures.min(6))
-                        .min(Duration::from_secs(5));
-                    if failures == 1 || failures % 60 == 0 {
+                    self.outbox.stats.outbox_write_failed();
+                    if failures == 1 {
                         tracing::error!(
                             error = %e,
-                            attempts = failures,
-                            "Cannot write the outbox (disk full or failing?); readings stay unacknowledged and will be retried"
+                            waiting = batch.len(),
+                            "Cannot write the outbox (disk full or failing?); readings stay unacknowledged and are retried until it can be written"
                         );
                     }
-                    // A failing disk that answers is not a stall: do not starve the watchdog.
-                    self.outbox.stats.heartbeats.committer_busy(false);
-                    std::thread::sleep(delay);
-                    self.outbox.stats.heartbeats.committer_busy(true);
+                    if e.latches() {
+                        self.wait_until_writable();
+                        return Err(OutboxError::Latched(Box::new(e)));
+                    }
+                    self.pause(failures);
                 }
             }
         }
+    }
+
+    /// After a latching error: waits until the disk takes a probe write (so that a restart
+    /// does not fail the same way and loop), keeping the watchdog fed meanwhile.
+    fn wait_until_writable(&self) {
+        let mut attempts = 0u32;
+        while let Err(e) = self.outbox.probe_writable() {
+            attempts += 1;
+            tracing::debug!(error = %e, attempts, "The disk still refuses writes");
+            self.pause(attempts);
+        }
+        tracing::warn!(
+            "The disk takes writes again; the service restarts to reopen the dead-letter database"
+        );
+    }
+
+    /// Sleeps before retry `attempt` (100 ms doubling to 5 s); a failing disk that answers is
+    /// not a stall, so the watchdog stays fed.
+    fn pause(&self, attempt: u32) {
+        let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+        self.outbox.stats.heartbeats.committer_busy(false);
+        std::thread::sleep(delay);
+        self.outbox.stats.heartbeats.committer_busy(true);
     }
 
     fn committed(&mut self, committed: Committed, batch: &Batch, work: &mut Work) {

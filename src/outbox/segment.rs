@@ -117,7 +117,13 @@ impl Writer {
         header[..4].copy_from_slice(&MAGIC);
         header[4..8].copy_from_slice(&VERSION.to_le_bytes());
         header[8..16].copy_from_slice(&first_seq.to_le_bytes());
-        file.write_all(&header).map_err(io_err(&path))?;
+        if let Err(e) = file.write_all(&header) {
+            // Leave no headerless file behind: the next attempt (a full disk retried) creates
+            // the same name again, and `create_new` would refuse it for good.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(io_err(&path)(e));
+        }
         Ok(Self {
             path,
             file,

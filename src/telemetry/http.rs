@@ -1,5 +1,5 @@
 //! A deliberately small HTTP/1.1 endpoint: `GET /metrics` (Prometheus text), `GET /healthz`
-//! (the process answers) and `GET /readyz` (outbox open and at least one source up; Kafka's
+//! (the process answers) and `GET /readyz` (outbox writable and at least one source up; Kafka's
 //! state is reported in the body but is not a condition, since we buffer). One request per
 //! connection, 8 KiB request limit, 5 s for the whole exchange, at most [`MAX_CONNECTIONS`] at
 //! once: one more is answered `503` at once (without reading it) and closed.
@@ -53,10 +53,11 @@ impl Endpoint {
             "/healthz" => (200, "text/plain", "ok\n".into()),
             "/readyz" => {
                 let s = self.stats.snapshot();
-                let ready = s.sources_up.is_empty() || s.sources_up.values().any(|up| *up);
+                let ready = (s.sources_up.is_empty() || s.sources_up.values().any(|up| *up))
+                    && !s.outbox_write_failing;
                 let body = serde_json::json!({
                     "ready": ready,
-                    "outbox": "open",
+                    "outbox": if s.outbox_write_failing { "failing" } else { "open" },
                     "sources": s.sources_up,
                     "kafka": if s.kafka_down { "down" } else { "up" },
                     "outbox_records": self.outbox.stats().depth,

@@ -48,14 +48,21 @@ pub fn reloading() {
 pub fn status_line(stats: &Stats, outbox: &Outbox) -> String {
     let s = stats.snapshot();
     let q = outbox.stats();
-    let mut line = format!(
-        "outbox {} records ({:.1} MiB); Kafka {}{}; delivered {}; dead letters {}",
-        q.depth,
-        q.bytes as f64 / (1 << 20) as f64,
-        if s.kafka_down { "down" } else { "up" },
-        if s.circuit_open { ", backing off" } else { "" },
-        s.delivered,
-        s.dead_letters_total(),
+    let mut line = String::new();
+    if s.outbox_write_failing {
+        line.push_str("OUTBOX FAILING: cannot write (disk full?), readings not acknowledged; ");
+    }
+    let _ = std::fmt::Write::write_fmt(
+        &mut line,
+        format_args!(
+            "outbox {} records ({:.1} MiB); Kafka {}{}; delivered {}; dead letters {}",
+            q.depth,
+            q.bytes as f64 / (1 << 20) as f64,
+            if s.kafka_down { "down" } else { "up" },
+            if s.circuit_open { ", backing off" } else { "" },
+            s.delivered,
+            s.dead_letters_total(),
+        ),
     );
     for (name, d) in &s.downlinks {
         use crate::telemetry::downlink::CommandResult;

@@ -217,6 +217,18 @@ pub fn render(s: &Snapshot, g: &Gauges) -> String {
         s.outbox_corrupt_records,
     );
     o.single(
+        "sensorgate_outbox_write_failing",
+        "gauge",
+        "1 while the outbox cannot be written (disk full or failing): readings are not acknowledged.",
+        u8::from(s.outbox_write_failing),
+    );
+    o.single(
+        "sensorgate_outbox_write_errors_total",
+        "counter",
+        "Group commits that failed to write or sync (each retried; none acknowledged).",
+        s.outbox_write_errors,
+    );
+    o.single(
         "sensorgate_dlq_entries",
         "gauge",
         "Entries in the local dead-letter store.",

@@ -3,7 +3,7 @@
 //! (`kafka`, with a producer and the committed offsets of a group), gateway configurations
 //! (`config`), socat pseudo-terminals (`serial`), the gateway in process (`gateway`) and as a
 //! process, with its CPU, memory and I/O (`process`), devices that receive downlink commands
-//! (`devices`), a TCP proxy that can swallow traffic (`proxy`), log capture (`log_capture`), a
+//! (`devices`), a small tmpfs to fill (`disk`), a TCP proxy that can swallow traffic (`proxy`), log capture (`log_capture`), a
 //! real Prometheus server and promtool (`prometheus`), a program in a tmux terminal (`tmux`),
 //! and a whole deployment, broker, Kafka and gateway process (`running`). Every wait polls a
 //! condition against a deadline.
@@ -13,6 +13,7 @@
 mod broker;
 mod config;
 mod devices;
+mod disk;
 mod gateway;
 mod kafka;
 mod log_capture;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 pub use broker::*;
 pub use config::*;
 pub use devices::*;
+pub use disk::*;
 pub use gateway::*;
 pub use kafka::*;
 pub use log_capture::capture as logs;

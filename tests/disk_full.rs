@@ -1,0 +1,227 @@
+//! A full disk: the state directory on a small tmpfs that the test fills to the last byte while
+//! Kafka is down and readings (valid ones and dead letters) keep arriving. Nothing the gateway
+//! could not store is acknowledged, the failure shows on `/metrics`, `/readyz`, STATUS= and in
+//! one log line, the gateway does not crash-loop; once space is back it stores again by itself
+//! (before Kafka returns), and every reading the broker accepted reaches Kafka.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+const TOPIC: &str = "sensors.readings";
+const DLQ: &str = "sensors.readings.DLQ";
+
+/// Reading `seq`: every 10th breaks the schema (a dead letter, stored in sled as well).
+fn message(seq: u64) -> (String, Vec<u8>) {
+    let device = format!("dev-{}", seq % 8);
+    let payload = if seq % 10 == 9 {
+        format!(r#"{{"device_id":"{device}","seq":{seq},"temperature_c":999}}"#).into_bytes()
+    } else {
+        reading(&device, seq)
+    };
+    (format!("sensors/{device}/reading"), payload)
+}
+
+fn messages(range: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
+    range.map(message).collect()
+}
+
+/// Reads sd_notify messages on `socket` until `done` is set and keeps the last STATUS= line
+/// (an unread datagram socket fills up and blocks the sender).
+fn listen_status(
+    socket: UnixDatagram,
+    done: Arc<AtomicBool>,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let last = Arc::new(Mutex::new(String::new()));
+    let keep = last.clone();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while !done.load(Ordering::SeqCst) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    if let Some(status) = line.strip_prefix("STATUS=") {
+                        *keep.lock().unwrap() = status.to_owned();
+                    }
+                }
+            }
+        }
+    });
+    (last, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_itself() {
+    const TEST: &str =
+        "disk_full::a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_itself";
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("state"), "16m", TEST) else {
+        return;
+    };
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&[TOPIC, DLQ]);
+    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let port = free_port();
+    with_metrics(&config, port);
+    let socket_path = dir.path().join("notify.sock");
+    let stop_listening = Arc::new(AtomicBool::new(false));
+    let (status, listener) = listen_status(
+        UnixDatagram::bind(&socket_path).unwrap(),
+        stop_listening.clone(),
+    );
+    let envs = [
+        ("RUST_LOG", "info"),
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+    ];
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &envs);
+    let up = |what: &str, cond: &dyn Fn(&prometheus_parse::Scrape) -> bool| {
+        wait_until(LONG, what, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && cond(&scrape(port))
+        })
+    };
+    tokio::task::block_in_place(|| {
+        up("the MQTT source to subscribe", &|m| {
+            metric(m, "sensorgate_source_up", Some(("source", "local"))) == 1.0
+        })
+    });
+    kafka.broker_down(-1).unwrap();
+
+    // Kafka is down: readings are stored and wait in the outbox.
+    const FIRST: u64 = 3_000;
+    const SECOND: u64 = 6_000;
+    const TOTAL: u64 = 7_000;
+    publish_all(mqtt.port, "sensor-disk-1", messages(0..FIRST)).await;
+    tokio::task::block_in_place(|| {
+        up("the first readings to be stored", &|m| {
+            metric(m, "sensorgate_outbox_records", None) >= FIRST as f64
+        })
+    });
+
+    // The disk fills up; more readings arrive (the broker accepts them; the gateway must not).
+    let ballast = disk.fill("ballast");
+    eprintln!("disk full after {ballast} bytes of ballast");
+    publish_all(mqtt.port, "sensor-disk-2", messages(FIRST..SECOND)).await;
+    let loud = "Cannot write the outbox";
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to hit the full disk", || {
+            gateway.log_count(loud) >= 1
+        });
+        up("the write failure on /metrics, retried", &|m| {
+            metric(m, "sensorgate_outbox_write_failing", None) == 1.0
+                && metric(m, "sensorgate_outbox_write_errors_total", None) >= 5.0
+        });
+    });
+    let (code, body) = http_get(port, "/readyz");
+    assert_eq!(
+        code, 503,
+        "not ready while the outbox cannot be written: {body}"
+    );
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["outbox"], "failing", "{body}");
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "STATUS= to show the failure", || {
+            status.lock().unwrap().contains("cannot write")
+        })
+    });
+    let stored_while_full = metric(&scrape(port), "sensorgate_outbox_records", None);
+    assert!(
+        stored_while_full < SECOND as f64,
+        "{stored_while_full} records stored on a full disk?"
+    );
+    assert_eq!(
+        gateway.log_count(loud),
+        1,
+        "one loud log line for the outage, not one per retry:\n{}",
+        gateway.log_text()
+    );
+    assert!(
+        gateway.try_wait().is_none(),
+        "the gateway exited while the disk was full (a crash loop under systemd):\n{}",
+        gateway.log_text()
+    );
+
+    // Space comes back, Kafka stays down: storing resumes by itself. The test plays systemd
+    // (Restart=on-failure): a gateway that exits must do so with a failure status, at most once.
+    disk.free("ballast");
+    let mut restarts = 0;
+    let mut supervise = |gateway: &mut GatewayProcess| {
+        if let Some(status) = gateway.try_wait() {
+            assert!(!status.success(), "exited with success while failing");
+            restarts += 1;
+            assert!(
+                restarts <= 1,
+                "restarted {restarts} times:\n{}",
+                gateway.log_text()
+            );
+            *gateway = GatewayProcess::spawn(&config, &log, &envs);
+        }
+    };
+    tokio::task::block_in_place(|| {
+        wait_until(
+            LONG,
+            "every reading to be stored after space came back",
+            || {
+                supervise(&mut gateway);
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && metric(&scrape(port), "sensorgate_outbox_records", None) >= SECOND as f64
+            },
+        );
+        up("the outbox to report writable again", &|m| {
+            metric(m, "sensorgate_outbox_write_failing", None) == 0.0
+        });
+    });
+    assert_eq!(http_get(port, "/readyz").0, 200);
+
+    // Kafka returns; more readings; everything the broker accepted reaches Kafka.
+    kafka.broker_up(-1).unwrap();
+    publish_all(mqtt.port, "sensor-disk-3", messages(SECOND..TOTAL)).await;
+    let mut reader =
+        tokio::task::block_in_place(|| Reader::new(&kafka.bootstrap_servers(), &[TOPIC, DLQ]));
+    let seqs = |records: &[Received]| -> BTreeSet<u64> {
+        records
+            .iter()
+            .filter_map(|r| r.json()["seq"].as_u64())
+            .collect()
+    };
+    let complete = tokio::task::block_in_place(|| {
+        reader.try_read_until(LONG, |records| seqs(records).len() as u64 == TOTAL)
+    });
+    let seen = seqs(&reader.records);
+    let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        complete,
+        "{} acknowledged readings never reached Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    for r in &reader.records {
+        let seq = r.json()["seq"].as_u64().unwrap();
+        let want = if seq % 10 == 9 { DLQ } else { TOPIC };
+        assert_eq!(r.topic, want, "reading {seq}");
+    }
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the outbox to drain", || {
+            supervise(&mut gateway);
+            metric(&scrape(port), "sensorgate_outbox_records", None) == 0.0
+        })
+    });
+    eprintln!(
+        "disk full: {TOTAL} readings, {stored_while_full} stored while full, {restarts} restart(s), \
+         {} records in Kafka",
+        reader.records.len()
+    );
+    drop(gateway);
+    drop(disk);
+    stop_listening.store(true, Ordering::SeqCst);
+    listener.join().unwrap();
+}

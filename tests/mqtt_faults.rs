@@ -1,0 +1,146 @@
+//! MQTT link faults between the gateway and a real mosquitto, injected by the test kit's proxy.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use sensorgate::config::Config;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// The link drops right after the first CONNACK, before the broker saw the SUBSCRIBE: the
+/// broker keeps a persistent session without a subscription and says `session_present` from
+/// then on. The gateway must subscribe again anyway, or every later reading is discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_lost_with_the_first_connection_is_made_again() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let proxy = Proxy::start(mqtt.port).await;
+    proxy.cut_after_connack(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &proxy.url(), &kafka.bootstrap_servers(), "");
+    let gateway = start_gateway(Config::load(&path).unwrap()).await;
+    assert_eq!(
+        proxy.cut(),
+        1,
+        "the first connection was cut after its CONNACK"
+    );
+
+    const TOTAL: u64 = 1_000;
+    let messages = (0..TOTAL)
+        .map(|seq| {
+            let device = format!("dev-{}", seq % 4);
+            (format!("sensors/{device}/reading"), reading(&device, seq))
+        })
+        .collect();
+    publish_all(mqtt.port, "sensor-lost-subscribe", messages).await;
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    let seqs = |records: &[Received]| -> BTreeSet<u64> {
+        records
+            .iter()
+            .filter_map(|r| r.json()["seq"].as_u64())
+            .collect()
+    };
+    let complete = tokio::task::block_in_place(|| {
+        reader.try_read_until(LONG, |r| seqs(r).len() as u64 == TOTAL)
+    });
+    assert!(
+        complete,
+        "only {} of {TOTAL} readings published after the lost SUBSCRIBE reached Kafka",
+        seqs(&reader.records).len()
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+/// Connections between the gateway and the broker reset every 300 ms while 20,000 readings
+/// stream, and the gateway is SIGKILLed twice: every reading mosquitto acknowledged to the
+/// sensor reaches Kafka (an acknowledgement of one connection never goes out on the next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_every_few_hundred_ms_and_two_sigkills_lose_nothing_the_broker_accepted() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let proxy = std::sync::Arc::new(Proxy::start(mqtt.port).await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &proxy.url(), &kafka.bootstrap_servers(), "");
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
+
+    const TOTAL: u64 = 20_000;
+    let resetting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let resets = {
+        let (proxy, resetting) = (proxy.clone(), resetting.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while resetting.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                proxy.reset();
+                n += 1;
+            }
+            n
+        })
+    };
+    let port = mqtt.port;
+    let sensor = tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pacer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for seq in 0..TOTAL {
+                if seq % 50 == 0 {
+                    tick.tick().await;
+                }
+                let device = format!("dev-{}", seq % 16);
+                let _ = tx.send((format!("sensors/{device}/reading"), reading(&device, seq)));
+            }
+        });
+        publish_stream(port, "sensor-resets", rx, TOTAL as usize).await;
+        pacer.await.unwrap();
+    });
+
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    for at in [4_000, 10_000] {
+        tokio::task::block_in_place(|| {
+            reader.read_until(LONG, "readings in Kafka", |r| r.len() >= at)
+        });
+        gateway.kill9();
+        gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    }
+    sensor.await.unwrap();
+    // The stream is over: the links stop failing, and what the broker holds must now arrive.
+    resetting.store(false, std::sync::atomic::Ordering::SeqCst);
+    let resets = resets.await.unwrap();
+    let seqs = |records: &[Received]| -> BTreeSet<u64> {
+        records
+            .iter()
+            .filter_map(|r| r.json()["seq"].as_u64())
+            .collect()
+    };
+    let complete = tokio::task::block_in_place(|| {
+        reader.try_read_until(LONG, |r| seqs(r).len() as u64 == TOTAL)
+    });
+    let seen = seqs(&reader.records);
+    let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        complete,
+        "{} readings the broker accepted are not in Kafka, e.g. {:?} ({resets} resets)",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let reconnects = gateway.log_count("Reconnected to MQTT broker");
+    eprintln!(
+        "resets: {TOTAL} readings, {resets} connection resets, 2 SIGKILLs, {} records in Kafka, \
+         {reconnects} reconnects logged by the last gateway",
+        reader.records.len()
+    );
+    assert!(resets >= 3, "the links were reset while readings flowed");
+}
