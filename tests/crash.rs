@@ -77,22 +77,8 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
     }
 
     sensor.await.unwrap();
-    let complete = tokio::task::block_in_place(|| {
-        reader.try_read_until(LONG, |records| {
-            let mut seen = std::collections::HashSet::new();
-            records.iter().for_each(|r| {
-                seen.insert(r.json()["seq"].as_u64().unwrap());
-            });
-            seen.len() as u64 == TOTAL
-        })
-    });
-    if !complete {
-        let seen: std::collections::BTreeSet<u64> = reader
-            .records
-            .iter()
-            .map(|r| r.json()["seq"].as_u64().unwrap())
-            .collect();
-        let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, TOTAL));
+    if !missing.is_empty() {
         let stats = std::process::Command::new(gateway_binary())
             .args(["queue", "stats", "--config"])
             .arg(&config)

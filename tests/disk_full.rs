@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,19 +186,9 @@ async fn a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_it
     publish_all(mqtt.port, "sensor-disk-3", messages(SECOND..TOTAL)).await;
     let mut reader =
         tokio::task::block_in_place(|| Reader::new(&kafka.bootstrap_servers(), &[TOPIC, DLQ]));
-    let seqs = |records: &[Received]| -> BTreeSet<u64> {
-        records
-            .iter()
-            .filter_map(|r| r.json()["seq"].as_u64())
-            .collect()
-    };
-    let complete = tokio::task::block_in_place(|| {
-        reader.try_read_until(LONG, |records| seqs(records).len() as u64 == TOTAL)
-    });
-    let seen = seqs(&reader.records);
-    let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, TOTAL));
     assert!(
-        complete,
+        missing.is_empty(),
         "{} acknowledged readings never reached Kafka, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(20)]

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
@@ -39,19 +38,11 @@ async fn a_subscription_lost_with_the_first_connection_is_made_again() {
     let mut reader = tokio::task::block_in_place(|| {
         Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
     });
-    let seqs = |records: &[Received]| -> BTreeSet<u64> {
-        records
-            .iter()
-            .filter_map(|r| r.json()["seq"].as_u64())
-            .collect()
-    };
-    let complete = tokio::task::block_in_place(|| {
-        reader.try_read_until(LONG, |r| seqs(r).len() as u64 == TOTAL)
-    });
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, TOTAL));
     assert!(
-        complete,
+        missing.is_empty(),
         "only {} of {TOTAL} readings published after the lost SUBSCRIBE reached Kafka",
-        seqs(&reader.records).len()
+        TOTAL - missing.len() as u64
     );
     gateway.shutdown().await.unwrap();
 }
@@ -119,19 +110,9 @@ async fn resets_every_few_hundred_ms_and_two_sigkills_lose_nothing_the_broker_ac
     // The stream is over: the links stop failing, and what the broker holds must now arrive.
     resetting.store(false, std::sync::atomic::Ordering::SeqCst);
     let resets = resets.await.unwrap();
-    let seqs = |records: &[Received]| -> BTreeSet<u64> {
-        records
-            .iter()
-            .filter_map(|r| r.json()["seq"].as_u64())
-            .collect()
-    };
-    let complete = tokio::task::block_in_place(|| {
-        reader.try_read_until(LONG, |r| seqs(r).len() as u64 == TOTAL)
-    });
-    let seen = seqs(&reader.records);
-    let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, TOTAL));
     assert!(
-        complete,
+        missing.is_empty(),
         "{} readings the broker accepted are not in Kafka, e.g. {:?} ({resets} resets)",
         missing.len(),
         &missing[..missing.len().min(20)]

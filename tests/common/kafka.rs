@@ -60,6 +60,14 @@ fn received(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
     }
 }
 
+/// The distinct `seq` fields of `records` (the readings of [`crate::common::reading`]).
+pub fn seqs_of(records: &[Received]) -> std::collections::BTreeSet<u64> {
+    records
+        .iter()
+        .filter_map(|r| r.json()["seq"].as_u64())
+        .collect()
+}
+
 /// Reads every partition of some topics from the beginning.
 pub struct Reader {
     consumer: BaseConsumer,
@@ -140,6 +148,14 @@ impl Reader {
             }
         }
         done(&self.records)
+    }
+
+    /// Reads until every reading `0..total` (by its `seq` field) has arrived, or `limit` passes;
+    /// returns the ones still missing, in order (empty when all arrived).
+    pub fn read_every_seq(&mut self, limit: Duration, total: u64) -> Vec<u64> {
+        self.try_read_until(limit, |records| seqs_of(records).len() as u64 == total);
+        let seen = seqs_of(&self.records);
+        (0..total).filter(|s| !seen.contains(s)).collect()
     }
 
     pub fn on(&self, topic: &str) -> Vec<&Received> {
