@@ -75,6 +75,11 @@ for component in rustfmt clippy; do
 done
 
 # --- Checks and tests ----------------------------------------------------------------------
+# A CI checkout builds once: incremental compilation state would only take disk space.
+if [[ ${CI:-} == true ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
