@@ -126,12 +126,14 @@ impl MqttSource {
             conn = conn.wrapping_add(1);
             let (client, eventloop) = AsyncClient::new(self.options()?, 1024);
             let mut link = Link {
-                client,
                 eventloop,
-                conn,
-                unsent: VecDeque::new(),
-                resubscribe_at: None,
-                sub_delay: Duration::from_millis(200),
+                control: Control {
+                    client,
+                    conn,
+                    unsent: VecDeque::new(),
+                    resubscribe_at: None,
+                    sub_delay: Duration::from_millis(200),
+                },
             };
             let end = self
                 .connection(&name, &mut link, &mut failures, &stop)
@@ -191,6 +193,12 @@ impl MqttSource {
     }
 
     /// Serves one connection until it fails, the pipeline closes or `stop`.
+    ///
+    /// `EventLoop::poll` is not cancellation safe: dropped while it writes, it loses the request
+    /// it took from the channel (a PUBACK, the SUBSCRIBE) after rumqttc's state counted it, and
+    /// a PINGREQ lost that way fails the link one keep-alive later ("Last pingreq isn't
+    /// acked"). So one poll future lives until it completes, and acknowledgements and
+    /// resubscriptions are handled beside it, never instead of it.
     async fn connection(
         &mut self,
         name: &Arc<str>,
@@ -199,113 +207,116 @@ impl MqttSource {
         stop: &CancellationToken,
     ) -> End {
         let max_payload = self.config.max_payload.bytes() as usize;
+        let Link { eventloop, control } = link;
         loop {
-            link.push_acks();
-            let resubscribe = link.resubscribe_at;
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return End::Stopped,
-                tokens = self.acks.recv() => match tokens {
-                    Some(tokens) => link.queue_acks(&tokens),
-                    None => return End::PipelineClosed,
-                },
-                _ = sleep_until(resubscribe.unwrap_or_else(Instant::now)), if resubscribe.is_some() => {
-                    link.resubscribe_at = None;
-                    self.subscribe(name, link);
+            let event = {
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                loop {
+                    control.push_acks();
+                    let resubscribe = control.resubscribe_at;
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return End::Stopped,
+                        tokens = self.acks.recv() => match tokens {
+                            Some(tokens) => control.queue_acks(&tokens),
+                            None => return End::PipelineClosed,
+                        },
+                        _ = sleep_until(resubscribe.unwrap_or_else(Instant::now)), if resubscribe.is_some() => {
+                            control.resubscribe_at = None;
+                            control.subscribe(name, &self.config.topics);
+                        }
+                        event = &mut poll => break event,
+                    }
                 }
-                event = link.eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        if *failures > 0 {
-                            tracing::info!(source = %name, attempts = *failures, "Reconnected to MQTT broker");
-                        }
-                        *failures = 0;
-                        tracing::info!(source = %name, session_present = ack.session_present, topics = ?self.config.topics, "Connected to MQTT broker; subscribing");
-                        self.subscribe(name, link);
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if *failures > 0 {
+                        tracing::info!(source = %name, attempts = *failures, "Reconnected to MQTT broker");
                     }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        if ack
-                            .return_codes
-                            .iter()
-                            .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                        {
-                            self.stats.source_up(name, false);
-                            tracing::error!(source = %name, codes = ?ack.return_codes, retry_ms = link.sub_delay.as_millis() as u64, "MQTT broker refused a subscription; retrying with backoff");
-                            link.resubscribe_at = Some(Instant::now() + link.sub_delay);
-                            link.sub_delay = (link.sub_delay * 2).min(self.config.reconnect_max);
-                        } else {
-                            self.stats.source_up(name, true);
-                            link.sub_delay = Duration::from_millis(200);
-                            tracing::info!(source = %name, "Subscribed");
-                        }
+                    *failures = 0;
+                    tracing::info!(source = %name, session_present = ack.session_present, topics = ?self.config.topics, "Connected to MQTT broker; subscribing");
+                    control.subscribe(name, &self.config.topics);
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
+                        self.stats.source_up(name, false);
+                        tracing::error!(source = %name, codes = ?ack.return_codes, retry_ms = control.sub_delay.as_millis() as u64, "MQTT broker refused a subscription; retrying with backoff");
+                        control.resubscribe_at = Some(Instant::now() + control.sub_delay);
+                        control.sub_delay = (control.sub_delay * 2).min(self.config.reconnect_max);
+                    } else {
+                        self.stats.source_up(name, true);
+                        control.sub_delay = Duration::from_millis(200);
+                        tracing::info!(source = %name, "Subscribed");
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
-                            sink: self.sink,
-                            conn: link.conn,
-                            id: publish.pkid,
-                        });
-                        tracing::trace!(source = %name, topic = %publish.topic, pkid = publish.pkid, "Reading received");
-                        let reading = Reading {
-                            source: name.clone(),
-                            origin: Origin::Mqtt {
-                                topic: publish.topic,
-                            },
-                            payload: publish.payload,
-                            received_at_ms: now_ms(),
-                        };
-                        let record = self.classifier.classify(reading, max_payload);
-                        let request = Request::Record(Submission { record, ack });
-                        if self.submit.send(request).await.is_err() {
-                            return End::PipelineClosed;
-                        }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
+                        sink: self.sink,
+                        conn: control.conn,
+                        id: publish.pkid,
+                    });
+                    tracing::trace!(source = %name, topic = %publish.topic, pkid = publish.pkid, "Reading received");
+                    let reading = Reading {
+                        source: name.clone(),
+                        origin: Origin::Mqtt {
+                            topic: publish.topic,
+                        },
+                        payload: publish.payload,
+                        received_at_ms: now_ms(),
+                    };
+                    let record = self.classifier.classify(reading, max_payload);
+                    let request = Request::Record(Submission { record, ack });
+                    if self.submit.send(request).await.is_err() {
+                        return End::PipelineClosed;
                     }
-                    Ok(_) => {}
-                    Err(e) => return End::Lost(e),
-                },
+                }
+                Ok(_) => {}
+                Err(e) => return End::Lost(e),
             }
-        }
-    }
-
-    fn subscribe(&self, name: &str, link: &mut Link) {
-        let filters = self
-            .config
-            .topics
-            .iter()
-            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-        if let Err(e) = link.client.try_subscribe_many(filters) {
-            tracing::warn!(source = %name, error = %e, "Cannot queue the subscription; retrying");
-            link.resubscribe_at = Some(Instant::now() + link.sub_delay);
         }
     }
 
     /// Stop: no new readings; let the committer acknowledge what it stored, then disconnect.
-    async fn wind_down(self, name: &str, mut link: Link) {
+    async fn wind_down(self, name: &str, link: Link) {
         let Self {
             submit, mut acks, ..
         } = self;
         drop(submit);
+        let Link {
+            mut eventloop,
+            mut control,
+        } = link;
         let drain = async {
+            // As in `connection`, a poll is never dropped half-way. Once the committer is done,
+            // a DISCONNECT is queued behind the last acknowledgement; it going out ends the
+            // session's connection cleanly.
+            let mut open = true;
+            let mut disconnecting = false;
             loop {
-                link.push_acks();
-                tokio::select! {
-                    tokens = acks.recv() => match tokens {
-                        Some(tokens) => link.queue_acks(&tokens),
-                        None => break,
-                    },
-                    event = link.eventloop.poll() => if event.is_err() { return },
-                }
-            }
-            // Every acknowledgement is queued: poll until rumqttc wrote them, then disconnect.
-            while !link.unsent.is_empty() {
-                link.push_acks();
-                if link.eventloop.poll().await.is_err() {
-                    return;
-                }
-            }
-            let _ = link.client.try_disconnect();
-            while let Ok(event) = link.eventloop.poll().await {
-                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                let event = loop {
+                    control.push_acks();
+                    if !open && !disconnecting && control.unsent.is_empty() {
+                        disconnecting = control.client.try_disconnect().is_ok();
+                    }
+                    tokio::select! {
+                        tokens = acks.recv(), if open => match tokens {
+                            Some(tokens) => control.queue_acks(&tokens),
+                            None => open = false,
+                        },
+                        event = &mut poll => break event,
+                    }
+                };
+                match event {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
                 }
             }
         };
@@ -396,18 +407,34 @@ enum End {
     Lost(rumqttc::ConnectionError),
 }
 
-/// One connection: its client and event loop, and the acknowledgements waiting for room in
-/// rumqttc's request channel.
+/// One connection: its event loop, and beside it what the source does on that connection.
 struct Link {
-    client: AsyncClient,
     eventloop: EventLoop,
+    control: Control,
+}
+
+/// The client of one connection, its number, the acknowledgements waiting for room in
+/// rumqttc's request channel, and the subscription's retry state.
+struct Control {
+    client: AsyncClient,
     conn: u32,
     unsent: VecDeque<u16>,
     resubscribe_at: Option<Instant>,
     sub_delay: Duration,
 }
 
-impl Link {
+impl Control {
+    /// Queues a SUBSCRIBE to `topics`; if the request channel is full, retries after a delay.
+    fn subscribe(&mut self, name: &str, topics: &[String]) {
+        let filters = topics
+            .iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::warn!(source = %name, error = %e, "Cannot queue the subscription; retrying");
+            self.resubscribe_at = Some(Instant::now() + self.sub_delay);
+        }
+    }
+
     /// Keeps the tokens of this connection; older ones are dropped (see the module doc).
     fn queue_acks(&mut self, tokens: &[AckToken]) {
         let stale = tokens.iter().filter(|t| t.conn != self.conn).count();
