@@ -233,3 +233,167 @@ async fn partitions_that_stop_confirming_are_held_probed_and_drained_in_order_wh
     );
     gateway.shutdown().await.unwrap();
 }
+
+/// One partition of one topic cannot be written for longer than `message_timeout` (its leader
+/// broker is down) while two topics are routed: the other topic and the other partitions keep
+/// flowing, the stuck partition's readings all arrive once its leader is back, and per device
+/// (after removing duplicates) Kafka holds the readings in the order they were published.
+///
+/// A leader-less partition (`partition_leader(.., None)`) would be closer, but librdkafka
+/// 2.12's mock cluster crashes answering a Produce for one (a NULL leader in
+/// `rd_kafka_mock_Produce_reply_tags_partition_write`), so the partition's own broker goes down
+/// and every other partition is led by another broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_cannot_be_written_holds_only_itself_and_drains_in_order_when_it_can() {
+    init_logging();
+    const READINGS: &str = "sensors.readings";
+    const STATUS: &str = "sensors.status";
+    const DEVICES: u64 = 16;
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&[READINGS, STATUS]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let body = std::fs::read_to_string(&path).unwrap().replace(
+        "message_timeout = \"120s\"",
+        "message_timeout = \"1s\"\nmax_in_flight = 64",
+    ) + &format!(
+        "\n[[route]]\nsource = \"local\"\ntopic_filter = \"sensors/+/status\"\n\
+         schema = \"reading.v1.json\"\nkafka_topic = \"{STATUS}\"\nkey = \"/device_id\"\n"
+    );
+    std::fs::write(&path, body).unwrap();
+    for topic in [READINGS, STATUS] {
+        for partition in 0..4 {
+            kafka.partition_leader(topic, partition, Some(1)).unwrap();
+        }
+    }
+    let gateway = start_gateway(Config::load(&path).unwrap()).await;
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &[READINGS, STATUS])
+    });
+
+    // Warm-up: one reading per device on each topic, to learn which partition a device's
+    // readings take.
+    let warmup = (0..DEVICES)
+        .flat_map(|d| {
+            let device = format!("dev-{d}");
+            [
+                (
+                    format!("sensors/{device}/reading"),
+                    reading(&device, 100_000 + d),
+                ),
+                (
+                    format!("sensors/{device}/status"),
+                    reading(&device, 200_000 + d),
+                ),
+            ]
+        })
+        .collect();
+    publish_all(mqtt.port, "sensor-warmup", warmup).await;
+    tokio::task::block_in_place(|| {
+        reader.read_until(LONG, "the warm-up readings", |r| {
+            r.len() as u64 >= 2 * DEVICES
+        })
+    });
+    let partition_of: std::collections::HashMap<String, i32> = reader
+        .on(READINGS)
+        .iter()
+        .map(|r| (r.key.clone().unwrap(), r.partition))
+        .collect();
+    let stuck = partition_of["dev-0"];
+    let flowing_devices: Vec<u64> = (0..DEVICES)
+        .filter(|d| partition_of[&format!("dev-{d}")] != stuck)
+        .collect();
+    assert!(
+        !flowing_devices.is_empty() && flowing_devices.len() < DEVICES as usize,
+        "the devices spread over several partitions: {partition_of:?}"
+    );
+
+    kafka.partition_leader(READINGS, stuck, Some(2)).unwrap();
+    kafka.broker_down(2).unwrap();
+    // 20 readings per device and topic; seq: reading n of device d is n * DEVICES + d, status
+    // readings are offset by 10,000.
+    const PER_DEVICE: u64 = 20;
+    let messages = (0..PER_DEVICE * DEVICES)
+        .flat_map(|seq| {
+            let device = format!("dev-{}", seq % DEVICES);
+            [
+                (format!("sensors/{device}/reading"), reading(&device, seq)),
+                (
+                    format!("sensors/{device}/status"),
+                    reading(&device, 10_000 + seq),
+                ),
+            ]
+        })
+        .collect();
+    publish_all(mqtt.port, "sensor-leaderless", messages).await;
+
+    let flowing: HashSet<u64> = (0..PER_DEVICE * DEVICES)
+        .filter(|seq| flowing_devices.contains(&(seq % DEVICES)))
+        .collect();
+    let others_arrived = tokio::task::block_in_place(|| {
+        reader.try_read_until(LONG, |records| {
+            let seqs = seqs_of(records);
+            (0..PER_DEVICE * DEVICES).all(|s| seqs.contains(&(10_000 + s)))
+                && flowing.iter().all(|s| seqs.contains(s))
+        })
+    });
+    if !others_arrived {
+        let mut per_partition = std::collections::BTreeMap::<(String, i32), usize>::new();
+        for r in &reader.records {
+            *per_partition
+                .entry((r.topic.clone(), r.partition))
+                .or_default() += 1;
+        }
+        panic!(
+            "the other topic and the partitions with a leader did not keep flowing while \
+             partition {stuck} of {READINGS} was stuck; records per partition: {per_partition:?}; \
+             outbox depth {}",
+            gateway.outbox().stats().depth
+        );
+    }
+    let early = seqs_of(&reader.records);
+    let stuck_seen = (0..PER_DEVICE * DEVICES)
+        .filter(|s| !flowing.contains(s) && early.contains(s))
+        .count();
+    assert_eq!(
+        stuck_seen, 0,
+        "readings of partition {stuck}, whose leader is down, reached Kafka"
+    );
+    wait_for(LONG, "the stuck partition to be held", || {
+        gateway.stats().snapshot().circuit_open
+    })
+    .await;
+
+    kafka.broker_up(2).unwrap();
+    tokio::task::block_in_place(|| {
+        reader.read_until(
+            LONG,
+            "every reading of the partition whose leader is back",
+            |r| {
+                let seqs = seqs_of(r);
+                (0..PER_DEVICE * DEVICES).all(|s| seqs.contains(&s))
+            },
+        )
+    });
+    // Per device and topic, the first copy of each reading comes in the order it was published.
+    let mut seen = HashSet::new();
+    let mut last: std::collections::HashMap<(String, String), u64> = Default::default();
+    for r in &reader.records {
+        let seq = r.json()["seq"].as_u64().unwrap();
+        if seq >= 100_000 || !seen.insert(seq) {
+            continue;
+        }
+        let device = (r.topic.clone(), r.key.clone().unwrap_or_default());
+        if let Some(before) = last.insert(device.clone(), seq) {
+            assert!(
+                before < seq,
+                "{device:?}: reading {seq} reached Kafka after {before}"
+            );
+        }
+    }
+    wait_for(LONG, "every partition to confirm again", || {
+        !gateway.stats().snapshot().circuit_open && gateway.outbox().stats().depth == 0
+    })
+    .await;
+    gateway.shutdown().await.unwrap();
+}
