@@ -125,3 +125,77 @@ async fn resets_every_few_hundred_ms_and_two_sigkills_lose_nothing_the_broker_ac
     );
     assert!(resets >= 3, "the links were reset while readings flowed");
 }
+
+/// A backlog of 150,000 readings queued at the broker for the gateway's stopped session (no
+/// in-flight limit, as `packaging/mosquitto.conf` ships) is read with a 5 s keep-alive: the
+/// broker's PINGRESPs and SUBACK share the stream with the backlog. The gateway must not drop
+/// the link (each reconnect makes the broker send every unacknowledged reading again, which can
+/// loop), must report the SUBACK, and must deliver each reading once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconnecting() {
+    let mqtt = Mosquitto::start_with_inflight(0);
+    let kafka = kafka(&["sensors.readings"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "max_payload = \"1KiB\"",
+        "max_payload = \"1KiB\"\nkeep_alive = \"5s\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("gateway.log");
+    // A first run makes the persistent session and its subscription; then the gateway stops.
+    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
+    gateway.signal("TERM");
+    assert!(gateway.wait().success(), "the gateway stopped cleanly");
+
+    const TOTAL: u64 = 150_000;
+    let messages = (0..TOTAL)
+        .map(|seq| {
+            let device = format!("dev-{}", seq % 16);
+            (format!("sensors/{device}/reading"), reading(&device, seq))
+        })
+        .collect();
+    publish_all_fast(mqtt.port, "sensor-backlog", messages, 1000).await;
+
+    let log = dir.path().join("gateway-2.log");
+    let gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, TOTAL));
+    assert!(
+        missing.is_empty(),
+        "{} queued readings are not in Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let failed = gateway.log_count("MQTT connection failed");
+    assert_eq!(
+        failed,
+        0,
+        "the gateway lost its MQTT connection while reading the backlog (keep-alive 5 s):\n{}",
+        gateway
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("MQTT") || l.contains("ubscrib"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the SUBACK behind the backlog", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
+    assert_eq!(
+        reader.records.len() as u64,
+        TOTAL,
+        "readings were delivered twice: the broker sent them again after a reconnect"
+    );
+}
