@@ -199,3 +199,80 @@ async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconne
         "readings were delivered twice: the broker sent them again after a reconnect"
     );
 }
+
+/// The link from the broker is slower than the readings arriving for the gateway (a weak
+/// cellular link): the broker's PINGRESPs wait behind a growing queue of publishes, longer
+/// than the keep-alive. Publishes keep arriving, so the link is alive: the gateway must not
+/// drop it ("Last pingreq isn't acked"), because each reconnect makes the broker send every
+/// unacknowledged reading again, more than the link carried the first time, and the gateway
+/// never catches up (seen in the power-cut test bed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downlink_slower_than_the_readings_keeps_its_connection_and_delivers_each_once() {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let proxy = Proxy::start(mqtt.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &proxy.url(), &kafka.bootstrap_servers(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_payload = \"1KiB\"",
+        "max_payload = \"1KiB\"\nkeep_alive = \"5s\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("gateway.log");
+    let gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
+
+    // ~1,000 readings/s of ~75 bytes on the wire through a 30 KB/s link: after 20 s the
+    // broker's queue for the gateway holds ~15 s of link time.
+    proxy.throttle_downlink(30_000);
+    const TOTAL: u64 = 20_000;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for seq in 0..TOTAL {
+            if seq % 10 == 0 {
+                tick.tick().await;
+            }
+            let device = format!("dev-{}", seq % 16);
+            let _ = tx.send((format!("sensors/{device}/reading"), reading(&device, seq)));
+        }
+    });
+    publish_stream(mqtt.port, "sensor-slow-link", rx, TOTAL as usize).await;
+    pacer.await.unwrap();
+    // Some seconds more at the slow rate, then the link recovers and the rest drains.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let failed_while_slow = gateway.log_count("MQTT connection failed");
+    proxy.throttle_downlink(0);
+
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, TOTAL));
+    assert!(
+        missing.is_empty(),
+        "{} readings are not in Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert_eq!(
+        failed_while_slow,
+        0,
+        "the gateway dropped a live, slow link (keep-alive 5 s):\n{}",
+        gateway
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("MQTT"))
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        reader.records.len() as u64,
+        TOTAL,
+        "readings were delivered more than once: the broker sent them again after a reconnect"
+    );
+}

@@ -2,8 +2,9 @@
 //! ([`Proxy::blackhole`]): connections stay open but nothing reaches the other side, as with a
 //! broker that stops acknowledging; or drop a connection right after the broker's first packet
 //! ([`Proxy::cut_after_connack`]: the CONNACK reaches the client, nothing the client sends
-//! after it reaches the broker); or close every open connection at once ([`Proxy::reset`]).
-//! A tool for injecting a fault, not a broker.
+//! after it reaches the broker); or close every open connection at once ([`Proxy::reset`]); or
+//! pass what the broker sends at a limited rate ([`Proxy::throttle_downlink`]), as a weak
+//! cellular link does. A tool for injecting a fault, not a broker.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct Proxy {
     /// Connections still to cut after their CONNACK; and how many were cut.
     cuts: Arc<(AtomicU32, AtomicU32)>,
     resets: tokio::sync::watch::Sender<u32>,
+    /// Bytes per second from the broker to the clients; 0: no limit.
+    downlink_rate: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -28,9 +31,11 @@ impl Proxy {
         let blackhole = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new((AtomicU32::new(0), AtomicU32::new(0)));
         let (resets, reset_rx) = tokio::sync::watch::channel(0u32);
+        let downlink_rate = Arc::new(AtomicU32::new(0));
         let task = {
             let blackhole = blackhole.clone();
             let cuts = cuts.clone();
+            let downlink_rate = downlink_rate.clone();
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
@@ -46,8 +51,25 @@ impl Proxy {
                         Arc::new(AtomicBool::new(false))
                     });
                     let (r1, r2) = (reset_rx.clone(), reset_rx.clone());
-                    tokio::spawn(pipe(cr, sw, blackhole.clone(), cut.clone(), false, r1));
-                    tokio::spawn(pipe(sr, cw, blackhole.clone(), cut, true, r2));
+                    let unlimited = Arc::new(AtomicU32::new(0));
+                    tokio::spawn(pipe(
+                        cr,
+                        sw,
+                        blackhole.clone(),
+                        cut.clone(),
+                        false,
+                        r1,
+                        unlimited,
+                    ));
+                    tokio::spawn(pipe(
+                        sr,
+                        cw,
+                        blackhole.clone(),
+                        cut,
+                        true,
+                        r2,
+                        downlink_rate.clone(),
+                    ));
                 }
             })
         };
@@ -56,6 +78,7 @@ impl Proxy {
             blackhole,
             cuts,
             resets,
+            downlink_rate,
             task,
         }
     }
@@ -78,6 +101,12 @@ impl Proxy {
     /// Closes every connection open now (both sides see it end; new ones are accepted).
     pub fn reset(&self) {
         self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Passes at most `bytes_per_second` from the broker to each client (0: no limit); what
+    /// waits stays in the sockets' buffers, nothing is lost.
+    pub fn throttle_downlink(&self, bytes_per_second: u32) {
+        self.downlink_rate.store(bytes_per_second, Ordering::SeqCst);
     }
 
     /// How many connections were cut so far.
@@ -107,12 +136,16 @@ async fn pipe(
     cut: Option<Arc<AtomicBool>>,
     from_broker: bool,
     mut reset: tokio::sync::watch::Receiver<u32>,
+    rate: Arc<AtomicU32>,
 ) {
     let mut buf = vec![0u8; 16 << 10];
     reset.borrow_and_update();
     loop {
+        let limit = rate.load(Ordering::SeqCst);
+        // Throttled: small reads, each followed by the time its bytes take at the rate.
+        let room = if limit == 0 { buf.len() } else { 1024 };
         let n = tokio::select! {
-            read = from.read(&mut buf) => match read {
+            read = from.read(&mut buf[..room]) => match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
@@ -133,6 +166,13 @@ async fn pipe(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
+        }
+        if limit > 0 {
+            let pause = std::time::Duration::from_secs_f64(n as f64 / f64::from(limit));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = reset.changed() => break,
+            }
         }
     }
     let _ = to.shutdown().await;
