@@ -58,12 +58,7 @@ async fn resets_every_few_hundred_ms_and_two_sigkills_lose_nothing_the_broker_ac
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &proxy.url(), &kafka.bootstrap_servers(), "");
     let log = dir.path().join("gateway.log");
-    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
-    tokio::task::block_in_place(|| {
-        wait_until(LONG, "the gateway to subscribe", || {
-            gateway.log_count("Subscribed") >= 1
-        })
-    });
+    let mut gateway = spawn_subscribed(&config, &log);
 
     const TOTAL: u64 = 20_000;
     let resetting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -137,20 +132,10 @@ async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconne
     let kafka = kafka(&["sensors.readings"]);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace(
-        "max_payload = \"1KiB\"",
-        "max_payload = \"1KiB\"\nkeep_alive = \"5s\"",
-    );
-    std::fs::write(&config, text).unwrap();
+    pings_every_5s(&config);
     let log = dir.path().join("gateway.log");
     // A first run makes the persistent session and its subscription; then the gateway stops.
-    let mut gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
-    tokio::task::block_in_place(|| {
-        wait_until(LONG, "the gateway to subscribe", || {
-            gateway.log_count("Subscribed") >= 1
-        })
-    });
+    let mut gateway = spawn_subscribed(&config, &log);
     gateway.signal("TERM");
     assert!(gateway.wait().success(), "the gateway stopped cleanly");
 
@@ -180,13 +165,7 @@ async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconne
         failed,
         0,
         "the gateway lost its MQTT connection while reading the backlog (keep-alive 5 s):\n{}",
-        gateway
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("MQTT") || l.contains("ubscrib"))
-            .take(20)
-            .collect::<Vec<_>>()
-            .join("\n")
+        mqtt_log(&gateway)
     );
     tokio::task::block_in_place(|| {
         wait_until(LONG, "the SUBACK behind the backlog", || {
@@ -213,18 +192,9 @@ async fn a_downlink_slower_than_the_readings_keeps_its_connection_and_delivers_e
     let proxy = Proxy::start(mqtt.port).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &proxy.url(), &kafka.bootstrap_servers(), "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "max_payload = \"1KiB\"",
-        "max_payload = \"1KiB\"\nkeep_alive = \"5s\"",
-    );
-    std::fs::write(&config, text).unwrap();
+    pings_every_5s(&config);
     let log = dir.path().join("gateway.log");
-    let gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
-    tokio::task::block_in_place(|| {
-        wait_until(LONG, "the gateway to subscribe", || {
-            gateway.log_count("Subscribed") >= 1
-        })
-    });
+    let gateway = spawn_subscribed(&config, &log);
 
     // ~1,000 readings/s of ~75 bytes on the wire through a 30 KB/s link: after 20 s the
     // broker's queue for the gateway holds ~15 s of link time.
@@ -262,17 +232,43 @@ async fn a_downlink_slower_than_the_readings_keeps_its_connection_and_delivers_e
         failed_while_slow,
         0,
         "the gateway dropped a live, slow link (keep-alive 5 s):\n{}",
-        gateway
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("MQTT"))
-            .take(10)
-            .collect::<Vec<_>>()
-            .join("\n")
+        mqtt_log(&gateway)
     );
     assert_eq!(
         reader.records.len() as u64,
         TOTAL,
         "readings were delivered more than once: the broker sent them again after a reconnect"
     );
+}
+
+/// Sets the source's keep-alive to 5 s in the configuration at `config`, so a dropped link
+/// shows within a test.
+fn pings_every_5s(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "max_payload = \"1KiB\"",
+        "max_payload = \"1KiB\"\nkeep_alive = \"5s\"",
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// Starts the gateway with `config`, logging to `log`, and waits for its first SUBACK.
+fn spawn_subscribed(config: &std::path::Path, log: &std::path::Path) -> GatewayProcess {
+    let gateway = GatewayProcess::spawn(config, log, &[("RUST_LOG", "info")]);
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
+    gateway
+}
+
+/// The first 20 lines of the gateway's log about MQTT (for an assertion's message).
+fn mqtt_log(gateway: &GatewayProcess) -> String {
+    gateway
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("MQTT") || l.contains("ubscrib"))
+        .take(20)
+        .collect::<Vec<_>>()
+        .join("\n")
 }

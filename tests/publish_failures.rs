@@ -208,21 +208,7 @@ async fn partitions_that_stop_confirming_are_held_probed_and_drained_in_order_wh
         })
     });
     // Per device, the first copy of each reading comes in the order it was published.
-    let mut seen = HashSet::new();
-    let mut last: std::collections::HashMap<String, u64> = Default::default();
-    for r in &reader.records {
-        let seq = r.json()["seq"].as_u64().unwrap();
-        if seq == 10_000 || !seen.insert(seq) {
-            continue;
-        }
-        let device = r.key.clone().unwrap_or_default();
-        if let Some(before) = last.insert(device.clone(), seq) {
-            assert!(
-                before < seq,
-                "{device}: reading {seq} reached Kafka after {before}"
-            );
-        }
-    }
+    assert_first_copies_in_order(&reader.records, |seq| seq == 10_000);
     let stats = gateway.stats().snapshot();
     assert!(!stats.circuit_open, "every partition confirms again");
     eprintln!(
@@ -375,25 +361,30 @@ async fn a_partition_that_cannot_be_written_holds_only_itself_and_drains_in_orde
             },
         )
     });
-    // Per device and topic, the first copy of each reading comes in the order it was published.
+    assert_first_copies_in_order(&reader.records, |seq| seq >= 100_000);
+    wait_for(LONG, "every partition to confirm again", || {
+        !gateway.stats().snapshot().circuit_open && gateway.outbox().stats().depth == 0
+    })
+    .await;
+    gateway.shutdown().await.unwrap();
+}
+
+/// Per topic and device (the record key), the first copy of each reading (by `seq`) comes in the
+/// order it was published: later copies are duplicates, allowed; `skip` leaves out warm-ups.
+fn assert_first_copies_in_order(records: &[Received], skip: impl Fn(u64) -> bool) {
     let mut seen = HashSet::new();
-    let mut last: std::collections::HashMap<(String, String), u64> = Default::default();
-    for r in &reader.records {
+    let mut last: std::collections::HashMap<(&str, &str), u64> = Default::default();
+    for r in records {
         let seq = r.json()["seq"].as_u64().unwrap();
-        if seq >= 100_000 || !seen.insert(seq) {
+        if skip(seq) || !seen.insert(seq) {
             continue;
         }
-        let device = (r.topic.clone(), r.key.clone().unwrap_or_default());
-        if let Some(before) = last.insert(device.clone(), seq) {
+        let device = (r.topic.as_str(), r.key.as_deref().unwrap_or_default());
+        if let Some(before) = last.insert(device, seq) {
             assert!(
                 before < seq,
                 "{device:?}: reading {seq} reached Kafka after {before}"
             );
         }
     }
-    wait_for(LONG, "every partition to confirm again", || {
-        !gateway.stats().snapshot().circuit_open && gateway.outbox().stats().depth == 0
-    })
-    .await;
-    gateway.shutdown().await.unwrap();
 }
