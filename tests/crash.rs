@@ -39,8 +39,7 @@ async fn sigkill_while_readings_flow_loses_nothing_the_broker_accepted() {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             let mut all = Vec::new();
             for seq in 0..TOTAL {
-                let device = format!("dev-{}", seq % 16);
-                chunk.push((format!("sensors/{device}/reading"), reading(&device, seq)));
+                chunk.push(device_reading(seq, 16));
                 if chunk.len() == 50 {
                     all.push(std::mem::take(&mut chunk));
                 }
@@ -211,8 +210,7 @@ async fn soak_repeated_sigkills() {
             if seq % 50 == 0 {
                 tick.tick().await;
             }
-            let device = format!("dev-{}", seq % 16);
-            let _ = tx.send((format!("sensors/{device}/reading"), reading(&device, seq)));
+            let _ = tx.send(device_reading(seq, 16));
         }
     });
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;

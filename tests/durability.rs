@@ -197,12 +197,7 @@ async fn memory_stays_bounded_while_200_000_records_wait() {
         })
     });
     const TOTAL: u64 = 200_000;
-    let messages = (0..TOTAL)
-        .map(|seq| {
-            let device = format!("dev-{}", seq % 20);
-            (format!("sensors/{device}/reading"), reading(&device, seq))
-        })
-        .collect();
+    let messages = (0..TOTAL).map(|seq| device_reading(seq, 20)).collect();
     publish_all_fast(mqtt.port, "sensor-backlog", messages, 1000).await;
     let state = dir.path().join("state");
     tokio::task::block_in_place(|| {

@@ -28,12 +28,7 @@ async fn a_subscription_lost_with_the_first_connection_is_made_again() {
     );
 
     const TOTAL: u64 = 1_000;
-    let messages = (0..TOTAL)
-        .map(|seq| {
-            let device = format!("dev-{}", seq % 4);
-            (format!("sensors/{device}/reading"), reading(&device, seq))
-        })
-        .collect();
+    let messages = (0..TOTAL).map(|seq| device_reading(seq, 4)).collect();
     publish_all(mqtt.port, "sensor-lost-subscribe", messages).await;
     let mut reader = tokio::task::block_in_place(|| {
         Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
@@ -83,8 +78,7 @@ async fn resets_every_few_hundred_ms_and_two_sigkills_lose_nothing_the_broker_ac
                 if seq % 50 == 0 {
                     tick.tick().await;
                 }
-                let device = format!("dev-{}", seq % 16);
-                let _ = tx.send((format!("sensors/{device}/reading"), reading(&device, seq)));
+                let _ = tx.send(device_reading(seq, 16));
             }
         });
         publish_stream(port, "sensor-resets", rx, TOTAL as usize).await;
@@ -140,12 +134,7 @@ async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconne
     assert!(gateway.wait().success(), "the gateway stopped cleanly");
 
     const TOTAL: u64 = 150_000;
-    let messages = (0..TOTAL)
-        .map(|seq| {
-            let device = format!("dev-{}", seq % 16);
-            (format!("sensors/{device}/reading"), reading(&device, seq))
-        })
-        .collect();
+    let messages = (0..TOTAL).map(|seq| device_reading(seq, 16)).collect();
     publish_all_fast(mqtt.port, "sensor-backlog", messages, 1000).await;
 
     let log = dir.path().join("gateway-2.log");
@@ -207,8 +196,7 @@ async fn a_downlink_slower_than_the_readings_keeps_its_connection_and_delivers_e
             if seq % 10 == 0 {
                 tick.tick().await;
             }
-            let device = format!("dev-{}", seq % 16);
-            let _ = tx.send((format!("sensors/{device}/reading"), reading(&device, seq)));
+            let _ = tx.send(device_reading(seq, 16));
         }
     });
     publish_stream(mqtt.port, "sensor-slow-link", rx, TOTAL as usize).await;

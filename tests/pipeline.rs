@@ -215,12 +215,7 @@ async fn readings_wait_in_the_outbox_while_kafka_is_down() {
         gateway.stats().snapshot().kafka_down
     })
     .await;
-    let messages = (0..5000u64)
-        .map(|seq| {
-            let device = format!("dev-{}", seq % 10);
-            (format!("sensors/{device}/reading"), reading(&device, seq))
-        })
-        .collect();
+    let messages = (0..5000u64).map(|seq| device_reading(seq, 10)).collect();
     publish_all(mqtt.port, "sensor-outage", messages).await;
 
     // Every reading is durable in the outbox, none delivered.
@@ -270,12 +265,7 @@ async fn a_small_window_shared_by_partitions_delivers_everything_in_order() {
     std::fs::write(&path, text).unwrap();
     let gateway = start_gateway(Config::load(&path).unwrap()).await;
     const TOTAL: u64 = 20_000;
-    let messages = (0..TOTAL)
-        .map(|seq| {
-            let device = format!("dev-{}", seq % 16);
-            (format!("sensors/{device}/reading"), reading(&device, seq))
-        })
-        .collect();
+    let messages = (0..TOTAL).map(|seq| device_reading(seq, 16)).collect();
     publish_all_fast(mqtt.port, "sensor-window", messages, 1000).await;
     let mut reader = blocking(|| Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"]));
     let done = blocking(|| reader.try_read_until(LONG, |r| r.len() as u64 >= TOTAL));

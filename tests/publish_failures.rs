@@ -172,12 +172,7 @@ async fn partitions_that_stop_confirming_are_held_probed_and_drained_in_order_wh
     .await;
 
     kafka.broker_down(-1).unwrap();
-    let messages = (0..500u64)
-        .map(|seq| {
-            let device = format!("dev-{}", seq % 5);
-            (format!("sensors/{device}/reading"), reading(&device, seq))
-        })
-        .collect();
+    let messages = (0..500u64).map(|seq| device_reading(seq, 5)).collect();
     publish_all(mqtt.port, "sensor-timeouts", messages).await;
     wait_for(LONG, "held partitions and probes", || {
         let s = gateway.stats().snapshot();

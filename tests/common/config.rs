@@ -85,6 +85,13 @@ max = "2s"
     path
 }
 
+/// Reading `seq` of device `dev-{seq % devices}` as the sensor publishes it: its topic
+/// (`sensors/<device>/reading`) and a valid payload ([`reading`]).
+pub fn device_reading(seq: u64, devices: u64) -> (String, Vec<u8>) {
+    let device = format!("dev-{}", seq % devices);
+    (format!("sensors/{device}/reading"), reading(&device, seq))
+}
+
 /// A valid reading.
 pub fn reading(device: &str, seq: u64) -> Vec<u8> {
     format!(
