@@ -492,6 +492,7 @@ impl Outbox {
         let next = self.ledger().next_seq;
         batch.enc.begin(next);
         batch.frames.clear();
+        batch.frames.shrink_to(codec::RETAINED_BYTES);
         batch.first_seq = next;
         batch.records = 0;
         batch.dead.clear();

@@ -46,8 +46,13 @@ pub enum CodecError {
 
 type Result<T, E = CodecError> = std::result::Result<T, E>;
 
-/// Builds frames. Keep one and reuse it: its buffers keep their capacity.
+/// Most capacity a reused buffer keeps between frames or batches.
+pub const RETAINED_BYTES: usize = 4 << 20;
+
+/// Builds frames. Keep one and reuse it: its buffers keep their capacity (up to
+/// [`RETAINED_BYTES`]).
 #[derive(Debug, Default)]
+
 pub struct FrameEncoder {
     strings: HashMap<Box<str>, u16>,
     table: Vec<u8>,
@@ -63,6 +68,8 @@ impl FrameEncoder {
         self.strings.clear();
         self.table.clear();
         self.records.clear();
+        // A frame of one huge record would otherwise keep its buffer for good.
+        self.records.shrink_to(RETAINED_BYTES);
         self.count = 0;
         self.first_seq = first_seq;
     }

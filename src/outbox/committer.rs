@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use super::{Batch, CommitError, Committed, Outbox, OutboxError};
@@ -67,8 +67,76 @@ pub enum Request {
     Replay(Replay),
 }
 
-/// Where sources send submissions.
-pub type Submitter = mpsc::Sender<Request>;
+impl Request {
+    /// The bytes it holds in memory, as the committer's budget counts them.
+    fn weight(&self) -> usize {
+        match self {
+            Self::Record(sub) => weight(&sub.record),
+            Self::Replay(replay) => replay.records.iter().map(|(_, r)| weight(r)).sum(),
+        }
+    }
+}
+
+/// Most bytes of records on their way to the committer, and in one commit. A burst of large
+/// readings waits at its source (MQTT: unacknowledged, at the broker) instead of in memory; a
+/// record larger than this passes alone.
+pub const BATCH_BYTES: usize = 2 << 20;
+
+/// What a record costs the budget beyond its payload: metadata and a dead letter's errors.
+const RECORD_OVERHEAD: usize = 256;
+
+/// A record's cost against [`BATCH_BYTES`].
+pub fn weight(record: &Record) -> usize {
+    record.payload.len()
+        + RECORD_OVERHEAD
+        + record
+            .meta
+            .dead_letter
+            .as_ref()
+            .map_or(0, |d| d.errors.iter().map(|v| v.message.len()).sum())
+}
+
+/// The committer stopped: nothing more is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+/// A request and its share of the byte budget, given back when the committer is done with it.
+#[derive(Debug)]
+struct Envelope {
+    request: Request,
+    weight: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Where sources send submissions: bounded in requests (`queue.max_batch`) and in bytes
+/// ([`BATCH_BYTES`]); `send` waits while either is used up.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    tx: mpsc::Sender<Envelope>,
+    budget: Arc<Semaphore>,
+}
+
+impl Submitter {
+    /// Hands `request` to the committer, waiting for room.
+    pub async fn send(&self, request: Request) -> Result<(), Closed> {
+        let weight = request.weight();
+        let permits = u32::try_from(weight.clamp(1, BATCH_BYTES)).unwrap_or(u32::MAX);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Envelope {
+                request,
+                weight,
+                _permit: permit,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+}
 
 /// Where a source receives its acknowledgements: one vector per commit.
 pub type AckReceiver = mpsc::UnboundedReceiver<Vec<AckToken>>;
@@ -151,7 +219,7 @@ impl Handoff {
 #[derive(Debug)]
 pub struct Committer {
     outbox: Arc<Outbox>,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Envelope>,
     sinks: AckSinks,
     handoff: Arc<Handoff>,
     interval: Duration,
@@ -159,8 +227,8 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// A committer and the sender for sources. The channel holds one batch, so a stalled
-    /// committer pushes back on sources instead of growing memory.
+    /// A committer and the sender for sources. The channel holds one batch (in records and in
+    /// bytes), so a stalled committer pushes back on sources instead of growing memory.
     pub fn new(
         outbox: Arc<Outbox>,
         config: &QueueConfig,
@@ -168,6 +236,10 @@ impl Committer {
         handoff: Arc<Handoff>,
     ) -> (Self, Submitter) {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1));
+        let submit = Submitter {
+            tx,
+            budget: Arc::new(Semaphore::new(BATCH_BYTES)),
+        };
         let committer = Self {
             outbox,
             rx,
@@ -176,7 +248,7 @@ impl Committer {
             interval: config.commit_interval,
             max_batch: config.max_batch.max(1),
         };
-        (committer, tx)
+        (committer, submit)
     }
 
     /// Commits batches until every [`Submitter`] is dropped and the last batch is durable.
@@ -199,14 +271,17 @@ impl Committer {
             if self.rx.recv_many(&mut pending, self.max_batch).await == 0 {
                 return Ok(());
             }
+            let mut bytes: usize = pending.iter().map(|e| e.weight).sum();
             let deadline = Instant::now() + self.interval;
             let mut closed = false;
-            while pending.len() < self.max_batch {
+            while pending.len() < self.max_batch && bytes < BATCH_BYTES {
                 let room = self.max_batch - pending.len();
+                let start = pending.len();
                 tokio::select! {
                     n = self.rx.recv_many(&mut pending, room) => if n == 0 { closed = true; break },
                     _ = sleep_until(deadline) => break,
                 }
+                bytes += pending[start..].iter().map(|e| e.weight).sum::<usize>();
             }
             self.outbox.stats.heartbeats.committer_busy(true);
             work.fill(&mut pending, &self.outbox, &mut batch);
@@ -354,12 +429,12 @@ struct Work {
 }
 
 impl Work {
-    fn fill(&mut self, pending: &mut Vec<Request>, outbox: &Outbox, batch: &mut Batch) {
+    fn fill(&mut self, pending: &mut Vec<Envelope>, outbox: &Outbox, batch: &mut Batch) {
         outbox.begin(batch);
         let dead_room = outbox.dead_letter_room();
         let mut dropped = 0u64;
-        for request in pending.drain(..) {
-            match request {
+        for envelope in pending.drain(..) {
+            match envelope.request {
                 Request::Record(sub) => {
                     let dead = sub.record.meta.dead_letter.is_some();
                     // Dead letters past their share of the outbox are dropped, not stored: a
