@@ -469,24 +469,21 @@ impl Backend {
         Ok(())
     }
 
-    fn select(&self, select: &Selection) -> Result<(Vec<Record>, Vec<u64>), AdminError> {
+    /// The ids `select` names, oldest first for a filter, each once. Only ids are held, so a
+    /// replay or purge of a whole store reads one dead letter at a time.
+    fn selected_ids(&self, select: &Selection) -> Result<Vec<u64>, AdminError> {
         match select {
-            Selection::All(filter) => Ok((
-                self.list(filter)?
-                    .iter()
-                    .map(DeadLetter::to_record)
-                    .collect::<Result<_, _>>()?,
-                Vec::new(),
-            )),
+            Selection::All(filter) => {
+                let mut ids = Vec::new();
+                self.each_dead_letter(filter, |d| {
+                    ids.push(d.id);
+                    true
+                })?;
+                Ok(ids)
+            }
             Selection::Ids(ids) => {
-                let (mut found, mut missing) = (Vec::new(), Vec::new());
-                for id in ids {
-                    match self.outbox.dlq().get(*id)? {
-                        Some(record) => found.push(record),
-                        None => missing.push(*id),
-                    }
-                }
-                Ok((found, missing))
+                let mut seen = std::collections::HashSet::with_capacity(ids.len());
+                Ok(ids.iter().copied().filter(|id| seen.insert(*id)).collect())
             }
         }
     }
@@ -510,26 +507,33 @@ impl Backend {
         Ok(again.map_err(|(reason, errors)| StillFailing { id, reason, errors }))
     }
 
+    /// Replays in chunks of at most [`REPLAY_CHUNK`] records and [`committer::BATCH_BYTES`],
+    /// each durable in the outbox and gone from the store before the next is read.
     async fn replay(&self, select: &Selection) -> Result<ReplayReport, AdminError> {
-        let (records, missing) = self.select(select)?;
-        let mut report = ReplayReport {
-            missing,
-            ..ReplayReport::default()
-        };
+        let mut report = ReplayReport::default();
         let mut chunk: Vec<(u64, Record)> = Vec::new();
-        for record in records {
-            let id = record.meta.dead_letter.as_ref().map_or(0, |d| d.id);
+        let mut bytes = 0;
+        for id in self.selected_ids(select)? {
+            // An entry purged or replayed meanwhile is missing.
+            let Some(record) = self.outbox.dlq().get(id)? else {
+                report.missing.push(id);
+                continue;
+            };
             if downlink_replay::is_command(&record) {
                 self.replay_command(id, &record, &mut report).await?;
                 continue;
             }
             match self.fresh(&record)? {
-                Ok(again) => chunk.push((id, again)),
+                Ok(again) => {
+                    bytes += committer::weight(&again);
+                    chunk.push((id, again));
+                }
                 Err(failing) => report.failed.push(failing),
             }
-            if chunk.len() >= REPLAY_CHUNK {
+            if chunk.len() >= REPLAY_CHUNK || bytes >= committer::BATCH_BYTES {
                 self.requeue(std::mem::take(&mut chunk), &mut report)
                     .await?;
+                bytes = 0;
             }
         }
         self.requeue(chunk, &mut report).await?;
@@ -623,13 +627,10 @@ impl Backend {
     }
 
     fn purge(&self, select: &Selection) -> Result<PurgeReport, AdminError> {
-        let (records, mut missing) = self.select(select)?;
-        let ids: Vec<u64> = records
-            .iter()
-            .map(|r| r.meta.dead_letter.as_ref().map_or(0, |d| d.id))
-            .collect();
+        let ids = self.selected_ids(select)?;
         let purged = self.outbox.dlq().remove(&ids)?;
-        missing.extend(ids.iter().filter(|id| !purged.contains(id)));
+        let gone: std::collections::HashSet<u64> = purged.iter().copied().collect();
+        let missing = ids.into_iter().filter(|id| !gone.contains(id)).collect();
         self.outbox.dlq().sync()?;
         Ok(PurgeReport { purged, missing })
     }
