@@ -5,7 +5,8 @@
 //!
 //! - [`mqtt`]: QoS 1 subscriptions on a persistent session.
 //! - [`serial`]: a serial port (USB or UART), reopened with backoff when the device goes away.
-//! - [`frame`]: the serial sources' line framing and `json-lines`/`csv` decoding (no I/O).
+//! - [`frame`]: the serial sources' line framing and `json-lines`/`csv` decoding (no I/O; the
+//!   classifier decodes a serial dead letter with it again when it is replayed).
 
 pub mod frame;
 pub mod mqtt;

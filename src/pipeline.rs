@@ -4,9 +4,13 @@
 //! their lines themselves and hand over the outcome ([`Classifier::classify_framed`]), so
 //! routing, validation and dead-lettering stay in one place for every source.
 //!
+//! A dead letter from a serial port is replayed ([`Classifier::reclassify`]) through its
+//! source's decoder again, so a CSV line is read as CSV, as it was when it arrived.
+//!
 //! The rules (routes + compiled schemas) are swapped as one unit on reload, so a reading is never
 //! routed by the new table and validated by the old schemas.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,7 +18,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::{Config, FilterError};
-use crate::record::{DeadLetterInfo, Meta, Reading, Reason, Record, Violation};
+use crate::ingest::frame::Decoder;
+use crate::record::{DeadLetterInfo, Meta, Origin, Reading, Reason, Record, Violation};
 use crate::route::Router;
 use crate::telemetry::Stats;
 use crate::validate::{self, SchemaError, SchemaRegistry};
@@ -72,6 +77,21 @@ pub enum Framed {
     },
 }
 
+impl Framed {
+    /// What `decoder` makes of a complete line.
+    pub fn line(decoder: &Decoder, line: &[u8]) -> Self {
+        match decoder.decode(line) {
+            Ok(doc) if decoder.converts() => Self::Converted(doc),
+            Ok(doc) => Self::Json(doc),
+            Err(rejected) => Self::Rejected {
+                reason: rejected.reason,
+                errors: rejected.errors,
+                original_len: None,
+            },
+        }
+    }
+}
+
 /// Classifies readings; shared by every source.
 #[derive(Debug)]
 pub struct Classifier {
@@ -79,6 +99,9 @@ pub struct Classifier {
     unrouted_dlq_topic: Arc<str>,
     rules: ArcSwap<Rules>,
     stats: Arc<Stats>,
+    /// Each serial source's line decoder, for replays (a source whose columns do not parse
+    /// has none; it never started, so it has no dead letters of its own).
+    decoders: HashMap<Arc<str>, Decoder>,
 }
 
 impl Classifier {
@@ -93,6 +116,11 @@ impl Classifier {
             .into(),
             rules: ArcSwap::from_pointee(rules),
             stats,
+            decoders: config
+                .serial
+                .iter()
+                .filter_map(|c| Some((c.name.as_str().into(), Decoder::for_source(c).ok()?)))
+                .collect(),
         }
     }
 
@@ -128,7 +156,8 @@ impl Classifier {
     }
 
     /// Like [`Classifier::classify`] but without counting: for replaying a dead letter with the
-    /// current rules (it was counted when it arrived).
+    /// current rules (it was counted when it arrived). A line from a serial port is decoded by
+    /// its source's decoder, as [`Classifier::classify_framed`] got it.
     pub fn reclassify(&self, mut reading: Reading, max_payload: usize) -> Record {
         if reading.payload.len() > max_payload {
             let original = reading.payload.len();
@@ -140,6 +169,12 @@ impl Classifier {
                 ))],
                 original_len: Some(original as u64),
             };
+            return self.decide(reading, Some(framed));
+        }
+        if let (Origin::Serial { .. }, Some(decoder)) =
+            (&reading.origin, self.decoders.get(&reading.source))
+        {
+            let framed = Framed::line(decoder, &reading.payload);
             return self.decide(reading, Some(framed));
         }
         self.decide(reading, None)

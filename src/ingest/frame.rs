@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
-use crate::config::{Column, ColumnType};
+use crate::config::{Column, ColumnType, SerialConfig, SerialFormat};
 use crate::record::{Reason, Violation};
 
 /// One framed line.
@@ -134,6 +134,20 @@ pub enum Decoder {
 }
 
 impl Decoder {
+    /// The decoder a serial source declares, or what is wrong with its columns.
+    pub fn for_source(config: &SerialConfig) -> Result<Self, String> {
+        match config.format {
+            SerialFormat::JsonLines => Ok(Self::JsonLines),
+            SerialFormat::Csv => config.csv_columns().map(Self::Csv).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|(i, e)| format!("[{i}] {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        }
+    }
+
     /// Whether the document is built from the line rather than being the line itself.
     pub fn converts(&self) -> bool {
         matches!(self, Self::Csv(_))

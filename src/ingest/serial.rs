@@ -24,7 +24,7 @@ use tokio_serial::{SerialPortBuilder, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Decoder, Line, LineSplitter};
-use crate::config::{FlowControl, Parity, SerialConfig, SerialFormat, SERIAL_RECONNECT_MIN};
+use crate::config::{FlowControl, Parity, SerialConfig, SERIAL_RECONNECT_MIN};
 use crate::outbox::committer::{Request, Submission, Submitter};
 use crate::pipeline::{Classifier, Framed};
 use crate::record::{now_ms, Origin, Reading, Reason, Violation};
@@ -96,18 +96,7 @@ impl SerialSource {
             .to_str()
             .ok_or_else(|| SerialError::Device(config.device.clone()))?
             .to_owned();
-        let decoder = match config.format {
-            SerialFormat::JsonLines => Decoder::JsonLines,
-            SerialFormat::Csv => Decoder::Csv(config.csv_columns().map_err(|errors| {
-                SerialError::Columns(
-                    errors
-                        .iter()
-                        .map(|(i, e)| format!("[{i}] {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?),
-        };
+        let decoder = Decoder::for_source(&config).map_err(SerialError::Columns)?;
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             port: stats.serial_port(&config.name),
@@ -290,15 +279,7 @@ impl SerialSource {
     async fn submit_line(&self, line: Line) -> bool {
         let (payload, framed) = match line {
             Line::Complete(bytes) => {
-                let framed = match self.decoder.decode(&bytes) {
-                    Ok(doc) if self.decoder.converts() => Framed::Converted(doc),
-                    Ok(doc) => Framed::Json(doc),
-                    Err(rejected) => Framed::Rejected {
-                        reason: rejected.reason,
-                        errors: rejected.errors,
-                        original_len: None,
-                    },
-                };
+                let framed = Framed::line(&self.decoder, &bytes);
                 (bytes, framed)
             }
             Line::TooLong { head, len } => (head, self.too_long(len)),
