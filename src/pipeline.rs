@@ -240,11 +240,27 @@ impl Classifier {
                         Some(validator) => {
                             let errors = validate::violations(validator, &doc);
                             if errors.is_empty() {
-                                meta.key = route.key.as_deref().and_then(|p| key_at(&doc, p));
-                                if converted {
-                                    payload = Bytes::from(doc.to_string());
+                                let pointer = route.key.as_deref();
+                                meta.key = pointer.and_then(|p| key_at(&doc, p));
+                                match (&meta.key, pointer) {
+                                    (Some(key), Some(pointer)) if key.len() > MAX_KEY_BYTES => {
+                                        let message = format!(
+                                            "the partition key is {} bytes, more than a key may have ({MAX_KEY_BYTES})",
+                                            key.len()
+                                        );
+                                        meta.key = None;
+                                        Err(dead(
+                                            Reason::Schema,
+                                            vec![Violation::new(pointer, "", message)],
+                                        ))
+                                    }
+                                    _ => {
+                                        if converted {
+                                            payload = Bytes::from(doc.to_string());
+                                        }
+                                        Ok(())
+                                    }
                                 }
-                                Ok(())
                             } else {
                                 Err(dead(Reason::Schema, errors))
                             }
@@ -289,6 +305,10 @@ fn parse_json(payload: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(payload).map_err(|e| format!("payload is not UTF-8: {e}"))?;
     serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))
 }
+
+/// The longest partition key: a valid reading whose key is longer is a `schema` dead letter
+/// (at the key's pointer), not sent with a key cut short.
+pub const MAX_KEY_BYTES: usize = 4096;
 
 /// The partition key at `pointer`: strings as they are, other values as JSON text.
 fn key_at(doc: &Value, pointer: &str) -> Option<String> {
@@ -346,12 +366,16 @@ mod tests {
     }
 
     fn reading(topic: &str, payload: &'static [u8]) -> Reading {
+        reading_of(topic, payload.to_vec())
+    }
+
+    fn reading_of(topic: &str, payload: Vec<u8>) -> Reading {
         Reading {
             source: "m".into(),
             origin: Origin::Mqtt {
                 topic: topic.into(),
             },
-            payload: Bytes::from_static(payload),
+            payload: Bytes::from(payload),
             received_at_ms: 1,
         }
     }
@@ -383,6 +407,25 @@ mod tests {
         let unrouted = c.classify(reading("other/topic", b"{}"), 1024);
         assert_eq!(&*unrouted.meta.kafka_topic, "sensorgate.unrouted.DLQ");
         assert_eq!(unrouted.meta.dead_letter.unwrap().reason, Reason::NoRoute);
+
+        let long = format!(
+            r#"{{"device_id":"{}","t":2}}"#,
+            "d".repeat(MAX_KEY_BYTES + 1)
+        );
+        let long = c.classify(reading_of("s/d1/r", long.into_bytes()), 1 << 20);
+        assert_eq!(&*long.meta.kafka_topic, "readings.DLQ");
+        assert_eq!(long.meta.key, None);
+        let info = long.meta.dead_letter.unwrap();
+        assert_eq!(info.reason, Reason::Schema);
+        assert_eq!(info.errors[0].instance_path, "/device_id");
+        assert!(
+            info.errors[0].message.contains("4097 bytes"),
+            "{:?}",
+            info.errors
+        );
+        let longest = format!(r#"{{"device_id":"{}","t":2}}"#, "d".repeat(MAX_KEY_BYTES));
+        let longest = c.classify(reading_of("s/d1/r", longest.into_bytes()), 1 << 20);
+        assert_eq!(longest.meta.key.map(|k| k.len()), Some(MAX_KEY_BYTES));
 
         let big = c.classify(reading("s/d1/r", br#"{"device_id":"d1","t":2}"#), 4);
         let info = big.meta.dead_letter.unwrap();

@@ -103,8 +103,10 @@ impl FrameEncoder {
         if let Some(i) = self.strings.get(s) {
             return *i;
         }
-        // Strings longer than u16::MAX are cut at a character boundary: they are names and
-        // topics, which MQTT and Kafka bound well below that.
+        // Strings longer than u16::MAX are cut at a character boundary. None reaches here: names
+        // come from the configuration, MQTT topics are at most 65,535 bytes, Kafka topics 249,
+        // and the classifier dead-letters a reading whose partition key is longer than
+        // `pipeline::MAX_KEY_BYTES`.
         let mut end = s.len().min(usize::from(u16::MAX));
         while !s.is_char_boundary(end) {
             end -= 1;
