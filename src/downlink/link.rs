@@ -11,6 +11,11 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Pack
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// The largest packet taken from the broker. A downlink subscribes to nothing: it only ever
+/// receives CONNACK, PUBACK and PINGRESP, a few bytes each, so anything larger (a broker that
+/// misbehaves) fails the connection instead of costing up to MQTT's 256 MiB.
+const MAX_INCOMING: usize = 4 << 10;
+
 /// What the connection reports, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -38,7 +43,7 @@ impl Link {
         options
             .set_clean_session(true)
             .set_inflight(in_flight.max(1))
-            .set_max_packet_size(crate::config::MQTT_MAX_PACKET, 64 << 10);
+            .set_max_packet_size(MAX_INCOMING, 64 << 10);
         // Room for every publish the window allows, so handing one over never waits.
         let (client, mut eventloop) = AsyncClient::new(options, usize::from(in_flight) + 16);
         let (tx, events) = mpsc::unbounded_channel();
