@@ -12,6 +12,7 @@
 //! One JSON [`Request`] on one line (`{"cmd":"dlq-list","filter":{"reason":"schema"}}`), one
 //! JSON [`Response`] on one line back, then the daemon closes the connection.
 
+pub mod entries;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 
 use crate::config::{Config, ConfigError, WhenFull};
 use crate::dlq::DlqError;
@@ -671,6 +672,80 @@ pub async fn call(config: &Config, request: Request) -> Result<(Response, Mode),
     match response {
         Response::Error(message) => Err(AdminError::Remote(message)),
         other => Ok((other, mode)),
+    }
+}
+
+/// Hands each dead letter `filter` selects to `visit` as it arrives, oldest first, holding one at
+/// a time (`dlq list`, `dlq export`): streamed from the running daemon, or read from the state
+/// directory when none runs. An error from `visit` stops it and is returned.
+pub async fn each_dead_letter(
+    config: &Config,
+    filter: Filter,
+    mut visit: impl FnMut(DeadLetter) -> Result<(), AdminError>,
+) -> Result<Mode, AdminError> {
+    let path = config.gateway.admin_socket_path();
+    match tokio::net::UnixStream::connect(&path).await {
+        Ok(stream) => {
+            stream_from(stream, &Request::DlqList { filter }, &mut visit).await?;
+            Ok(Mode::Daemon)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            let backend = Backend::direct(config)?;
+            let mut failed = None;
+            let read = backend.each_dead_letter(&filter, |d| match visit(d) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            });
+            backend.close();
+            read?;
+            failed.map_or(Ok(Mode::Direct), Err)
+        }
+        Err(source) => Err(AdminError::Socket { path, source }),
+    }
+}
+
+/// Sends `request` and reads its streamed answer ([`entries`]).
+async fn stream_from(
+    stream: tokio::net::UnixStream,
+    request: &Request,
+    visit: &mut impl FnMut(DeadLetter) -> Result<(), AdminError>,
+) -> Result<(), AdminError> {
+    let (mut read, mut write) = stream.into_split();
+    let mut line =
+        serde_json::to_vec(request).map_err(|e| AdminError::Protocol(format!("request: {e}")))?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await?;
+    let mut entries = entries::Entries::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = read.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        entries.feed(&buf[..n], |json| {
+            let d = serde_json::from_slice::<DeadLetter>(json)
+                .map_err(|e| AdminError::Protocol(format!("dead letter: {e}")))?;
+            visit(d)
+        })?;
+    }
+    match entries.finish()? {
+        None => Ok(()),
+        Some(other) => match serde_json::from_slice::<Response>(&other) {
+            Ok(Response::Error(message)) => Err(AdminError::Remote(message)),
+            Ok(_) => Err(AdminError::Protocol(
+                "the daemon answered something else than dead letters".into(),
+            )),
+            Err(e) => Err(AdminError::Protocol(format!("response: {e}"))),
+        },
     }
 }
 

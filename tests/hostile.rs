@@ -486,7 +486,7 @@ async fn a_burst_of_large_readings_is_stored_and_sent_without_holding_the_burst_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dlq_export_is_streamed_not_built_whole_in_the_daemon() {
+async fn dlq_export_is_streamed_not_built_whole_in_the_daemon_or_the_cli() {
     let mqtt = Mosquitto::start();
     let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
     let dir = tempfile::tempdir().unwrap();
@@ -517,22 +517,33 @@ async fn dlq_export_is_streamed_not_built_whole_in_the_daemon() {
 
     // The peak from now on: the export must not cost the store's size.
     let base = gateway.reset_peak();
-    let out = Command::new(gateway_binary())
+    // The CLI streams too: halfway through its output it holds one dead letter, not the
+    // answer (it read the whole answer before printing its first line).
+    let mut cli = Command::new(gateway_binary())
         .args(["dlq", "export", "--config"])
         .arg(&gateway.path)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = out
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
+    let mut out = std::io::BufReader::new(cli.stdout.take().unwrap());
+    let (mut lines, mut line, mut cli_anon) = (0, Vec::new(), 0);
+    while std::io::BufRead::read_until(&mut out, b'\n', &mut line).unwrap() > 0 {
+        lines += 1;
+        line.clear();
+        if lines == BIG / 2 {
+            cli_anon = ProcUsage::of(cli.id()).rss_anon_kib;
+        }
+    }
+    let status = cli.wait().unwrap();
+    assert!(status.success(), "dlq export failed: {status}");
     assert_eq!(lines, BIG);
+    eprintln!("halfway through the export the CLI held {cli_anon} KiB of anonymous memory");
+    assert!(
+        cli_anon < 16 << 10,
+        "the CLI held {cli_anon} KiB halfway through the export (the store holds {} KiB)",
+        BIG * (BIG_BYTES >> 10)
+    );
     let growth = gateway.growth(base);
     eprintln!("dlq export of {BIG} dead letters grew the daemon's peak RSS by {growth} KiB");
     assert!(

@@ -38,18 +38,24 @@ fn first_error(d: &DeadLetter) -> String {
     }
 }
 
-/// `dlq list`: a table, or one JSON array with `--json`.
+/// `dlq list`: a table, or one JSON array with `--json`, written as the dead letters arrive.
 pub async fn list(
     config: &Config,
     filter: Filter,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<Status, AdminError> {
-    let list = dead_letters(config, Request::DlqList { filter }).await?;
+    let mut count = 0u64;
     if json {
-        serde_json::to_writer_pretty(&mut *out, &list)
-            .map_err(|e| AdminError::Protocol(e.to_string()))?;
-        writeln!(out)?;
+        admin::each_dead_letter(config, filter, |d| {
+            out.write_all(if count == 0 { b"[\n" } else { b",\n" })?;
+            serde_json::to_writer_pretty(&mut *out, &d)
+                .map_err(|e| AdminError::Protocol(e.to_string()))?;
+            count += 1;
+            Ok(())
+        })
+        .await?;
+        writeln!(out, "{}", if count == 0 { "[]" } else { "\n]" })?;
         return Ok(Status::Ok);
     }
     writeln!(
@@ -57,7 +63,7 @@ pub async fn list(
         "{:<20} {:<24} {:<16} {:<12} {:<32} FIRST ERROR",
         "ID", "RECEIVED", "REASON", "SOURCE", "TOPIC/PORT"
     )?;
-    for d in &list {
+    admin::each_dead_letter(config, filter, |d| {
         writeln!(
             out,
             "{:<20} {:<24} {:<16} {:<12} {:<32} {}",
@@ -66,10 +72,13 @@ pub async fn list(
             d.reason().map_or("?", |r| r.as_str()),
             clean(&d.meta.source),
             clean(&d.meta.origin.to_string()),
-            first_error(d)
+            first_error(&d)
         )?;
-    }
-    writeln!(out, "{} dead letter(s)", list.len())?;
+        count += 1;
+        Ok(())
+    })
+    .await?;
+    writeln!(out, "{count} dead letter(s)")?;
     Ok(Status::Ok)
 }
 
@@ -238,10 +247,12 @@ pub async fn purge(
 
 /// `dlq export --format jsonl`: one [`DeadLetter`] JSON object per line.
 pub async fn export(config: &Config, out: &mut dyn Write) -> Result<Status, AdminError> {
-    for d in dead_letters(config, Request::DlqExport).await? {
+    admin::each_dead_letter(config, Filter::default(), |d| {
         serde_json::to_writer(&mut *out, &d).map_err(|e| AdminError::Protocol(e.to_string()))?;
         writeln!(out)?;
-    }
+        Ok(())
+    })
+    .await?;
     out.flush()?;
     Ok(Status::Ok)
 }
