@@ -7,10 +7,12 @@
 //! been inside one batch. If either is stuck for longer than half the watchdog interval (at least
 //! [`MIN_STALL`]), pings stop and systemd restarts the service.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use super::Stats;
@@ -21,27 +23,50 @@ use crate::record::now_ms;
 pub const MIN_STALL: Duration = Duration::from_secs(3);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-fn send(states: &[NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(false, states) {
-            tracing::debug!(error = %e, "sd_notify failed");
+/// Longest a message waits for room in systemd's queue: the sends run on the async runtime's
+/// workers, which a busy systemd must not hold up. A message that cannot go is dropped (logged
+/// at debug level); the next STATUS= or WATCHDOG=1 follows within seconds.
+pub const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn send(message: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = send_to(&path, message) {
+            tracing::debug!(error = %e, message, "sd_notify failed");
         }
     }
 }
 
+/// Sends one sd_notify datagram to `socket` (a path, or `@name` in the abstract namespace),
+/// waiting at most [`SEND_TIMEOUT`].
+pub fn send_to(socket: &OsStr, message: &str) -> std::io::Result<()> {
+    let datagram = UnixDatagram::unbound()?;
+    datagram.set_write_timeout(Some(SEND_TIMEOUT))?;
+    match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            datagram.send_to_addr(message.as_bytes(), &addr)?;
+        }
+        None => {
+            datagram.send_to(message.as_bytes(), socket)?;
+        }
+    }
+    Ok(())
+}
+
 /// Tells systemd we are ready.
 pub fn ready() {
-    send(&[NotifyState::Ready]);
+    send("READY=1");
 }
 
 /// Tells systemd we are stopping.
 pub fn stopping() {
-    send(&[NotifyState::Stopping]);
+    send("STOPPING=1");
 }
 
 /// Tells systemd a reload started (then call [`ready`]).
 pub fn reloading() {
-    send(&[NotifyState::Reloading]);
+    send("RELOADING=1");
 }
 
 /// The one-line status shown by `systemctl status`.
@@ -86,8 +111,7 @@ pub fn status_line(stats: &Stats, outbox: &Outbox) -> String {
 }
 
 /// The watchdog interval systemd asked for, as `sd_watchdog_enabled(3)` reads it: `WATCHDOG_USEC`,
-/// unless `WATCHDOG_PID` names another process. (The sd-notify crate also requires
-/// `WATCHDOG_PID` to be present, which libsystemd does not.)
+/// unless `WATCHDOG_PID` names another process.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {
@@ -107,13 +131,16 @@ pub async fn run(stats: Arc<Stats>, outbox: Arc<Outbox>, stop: CancellationToken
     let mut stalled = false;
     loop {
         if last_status.elapsed() >= STATUS_EVERY {
-            send(&[NotifyState::Status(&status_line(&stats, &outbox))]);
+            send(&format!(
+                "STATUS={}",
+                status_line(&stats, &outbox).replace('\n', " ")
+            ));
             last_status = tokio::time::Instant::now();
         }
         if watchdog.is_some() {
             let stalled_for = Duration::from_millis(stats.heartbeats.stalled_for_ms(now_ms()));
             if stalled_for < stall_limit {
-                send(&[NotifyState::Watchdog]);
+                send("WATCHDOG=1");
                 if stalled {
                     tracing::info!("Pipeline is making progress again; watchdog pings resumed");
                     stalled = false;
@@ -130,5 +157,57 @@ pub async fn run(stats: Arc<Stats>, outbox: Arc<Outbox>, stop: CancellationToken
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_reaches_the_socket_and_a_full_queue_does_not_block_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let systemd = UnixDatagram::bind(&path).unwrap();
+        send_to(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = systemd.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        // Nobody reads any more: once the queue is full, each send gives up after the timeout
+        // instead of waiting for room (a blocking send never returned here).
+        let sender = std::thread::spawn(move || {
+            let status = format!("STATUS={}", "x".repeat(1000));
+            (0..2000).find_map(|_| send_to(path.as_os_str(), &status).err())
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !sender.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a send to a full queue blocked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let error = sender.join().unwrap().expect("the queue filled up");
+        assert!(
+            matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{error:?}"
+        );
+        drop(systemd);
+    }
+
+    #[test]
+    fn an_abstract_socket_name_is_used_as_such() {
+        use std::os::linux::net::SocketAddrExt as _;
+        let name = format!("sensorgate-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let systemd = UnixDatagram::bind_addr(&addr).unwrap();
+        send_to(OsStr::new(&format!("@{name}")), "WATCHDOG=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = systemd.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
     }
 }
