@@ -22,10 +22,34 @@ pub struct Deployment {
 impl Deployment {
     /// Starts everything and waits until the gateway's MQTT source has subscribed.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`Deployment::start`], with the downlink of [`write_downlink_config`] (commands from
+    /// [`COMMANDS_TOPIC`] to the MQTT broker), and waits until it is connected too.
+    pub fn start_with_downlink() -> Self {
+        let deployment = Self::start_with(true);
+        deployment.wait_metric("the downlink to connect", |m| {
+            metric(m, "sensorgate_downlink_up", Some(("downlink", "commands"))) == 1.0
+        });
+        deployment
+    }
+
+    fn start_with(downlink: bool) -> Self {
         let mqtt = Mosquitto::start_with_inflight(0);
-        let kafka = kafka(&["sensors.readings", "sensors.readings.DLQ"]);
+        let mut topics = vec!["sensors.readings", "sensors.readings.DLQ"];
+        let commands_dlq = format!("{COMMANDS_TOPIC}.DLQ");
+        if downlink {
+            topics.extend([COMMANDS_TOPIC, commands_dlq.as_str()]);
+        }
+        let kafka = kafka(&topics);
         let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+        let brokers = kafka.bootstrap_servers();
+        let config = if downlink {
+            write_downlink_config(dir.path(), &mqtt.url(), &brokers, "", "")
+        } else {
+            write_config(dir.path(), &mqtt.url(), &brokers, "")
+        };
         let metrics_port = free_port();
         with_metrics(&config, metrics_port);
         let gateway = GatewayProcess::spawn(&config, &dir.path().join("gateway.log"), &[]);
