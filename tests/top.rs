@@ -392,3 +392,36 @@ fn top_prints_plain_text_when_stdout_is_not_a_terminal() {
     let (code, _, err) = top(&["--once", "--config", "/nonexistent.toml"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+#[test]
+fn top_shows_a_configured_downlink_as_its_metrics_have_it() {
+    let d = Deployment::start_with_downlink();
+    let mut commands: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|seq| ("dev-1".to_owned(), command("dev-1", seq)))
+        .collect();
+    commands.push(("dev-1".to_owned(), b"not json".to_vec()));
+    tokio::runtime::Runtime::new().unwrap().block_on(produce(
+        &d.kafka.bootstrap_servers(),
+        COMMANDS_TOPIC,
+        &commands,
+    ));
+    d.wait_metric("the commands done and committed", |m| {
+        metric_sum(m, "sensorgate_downlink_commands_total") == 21.0
+            && metric_sum(m, "sensorgate_downlink_consumer_lag") == 0.0
+    });
+    let out = Command::new(gateway_binary())
+        .args(["top", "--once", "--interval", "300ms", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    eprintln!("{text}");
+    let mut lines = text.lines().map(str::trim);
+    assert!(lines.any(|l| l == "downlink"), "a downlink section: {text}");
+    let row = lines.next().unwrap_or("");
+    assert!(row.starts_with("commands") && row.contains("UP"), "{text}");
+    assert_eq!(rate_in(row), Some(0.0), "nothing is sent now: {text}");
+    assert_eq!(number_after(row, "lag"), Some(0.0), "{text}");
+    assert_eq!(number_after(row, "retries"), Some(0.0), "{text}");
+}
