@@ -243,12 +243,38 @@ mod tests {
         std::fs::write(dir.path().join("broken.json"), b"{ not json").unwrap();
         write(dir.path(), "badtype.json", &json!({"type": "thing"}));
         write(dir.path(), "badref.json", &json!({"$ref": "missing.json"}));
+        // Only the meta-schema says these are wrong (a title must be a string), in two drafts.
+        write(dir.path(), "badtitle.json", &json!({"title": 5}));
+        write(
+            dir.path(),
+            "badtitle7.json",
+            &json!({"$schema": "http://json-schema.org/draft-07/schema#", "title": 5}),
+        );
+        write(
+            dir.path(),
+            "good7.json",
+            &json!({"$schema": "http://json-schema.org/draft-07/schema#", "title": "t"}),
+        );
         let errors = SchemaRegistry::load(
             dir.path(),
-            ["broken.json", "badtype.json", "badref.json", "absent.json"],
+            [
+                "broken.json",
+                "badtype.json",
+                "badref.json",
+                "absent.json",
+                "badtitle.json",
+                "badtitle7.json",
+                "good7.json",
+            ],
         )
         .unwrap_err();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 6, "{errors:?}");
+        for (i, file) in [(4, "badtitle.json"), (5, "badtitle7.json")] {
+            assert!(
+                matches!(&errors[i], SchemaError::Compile { path, .. } if path.ends_with(file)),
+                "{errors:?}"
+            );
+        }
         assert!(
             matches!(&errors[0], SchemaError::NotJson { path, .. } if path.ends_with("broken.json"))
         );
