@@ -37,8 +37,10 @@ fn send(message: &str) {
 }
 
 /// Sends one sd_notify datagram to `socket` (a path, or `@name` in the abstract namespace),
-/// waiting at most [`SEND_TIMEOUT`].
+/// waiting at most [`SEND_TIMEOUT`]. The message ends with a newline, as libsystemd's and the
+/// sd-notify crate's do (systemd does not need it; tools that read the socket line by line do).
 pub fn send_to(socket: &OsStr, message: &str) -> std::io::Result<()> {
+    let message = format!("{message}\n");
     let datagram = UnixDatagram::unbound()?;
     datagram.set_write_timeout(Some(SEND_TIMEOUT))?;
     match socket.as_bytes().strip_prefix(b"@") {
@@ -172,7 +174,7 @@ mod tests {
         send_to(path.as_os_str(), "READY=1").unwrap();
         let mut buf = [0u8; 64];
         let n = systemd.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
+        assert_eq!(&buf[..n], b"READY=1\n");
 
         // Nobody reads any more: once the queue is full, each send gives up after the timeout
         // instead of waiting for room (a blocking send never returned here).
@@ -208,6 +210,6 @@ mod tests {
         send_to(OsStr::new(&format!("@{name}")), "WATCHDOG=1").unwrap();
         let mut buf = [0u8; 64];
         let n = systemd.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"WATCHDOG=1");
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
     }
 }
