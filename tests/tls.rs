@@ -321,3 +321,111 @@ fn kafka_tls_finds_the_system_cas_and_bad_certificates_keep_readings_in_the_outb
     assert_eq!(seqs, (0..published).collect::<BTreeSet<u64>>());
     stop(gateway);
 }
+
+/// Creates `topics` (3 partitions) on a TLS broker at `bootstrap` whose CA is `ca`.
+fn create_topics(bootstrap: &str, ca: &str, topics: &[&str]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", ca)
+        .create()
+        .expect("an admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("CreateTopics");
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("creating {topic}: {e}"));
+    }
+}
+
+#[test]
+#[ignore = "needs the tansu broker built with TLS: scripts/kafka-tls.sh builds it and runs this"]
+fn kafka_over_tls_to_a_real_broker_delivers_and_a_bad_certificate_keeps_readings_in_the_outbox() {
+    let tansu = TlsTansu::binary()
+        .expect("SENSORGATE_TANSU names no tansu binary: run scripts/kafka-tls.sh");
+    if !have_tool("openssl", "Kafka over TLS to tansu") {
+        return;
+    }
+    let certs = Certs::generate();
+    let mqtt = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &mqtt.url(), "127.0.0.1:0", "");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let ca = certs.path("ca.pem").display().to_string();
+    let properties = format!("\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{ca}\"\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let topics = ["sensors.readings", "sensors.readings.DLQ"];
+
+    // A broker whose certificate names another host: the handshake fails, the readings wait.
+    let wrong = TlsTansu::start(
+        &tansu,
+        &certs.path("wrong-host.pem"),
+        &certs.path("wrong-host.key"),
+        &dir.path().join("tansu-wrong-host.log"),
+    );
+    kafka_variant(&base, &wrong.address(), &properties, &config);
+    let port = free_port();
+    with_metrics(&config, port);
+    let gateway = GatewayProcess::spawn(&config, &dir.path().join("wrong-host.log"), &[]);
+    wait_until(LIMIT, "the source to subscribe", || {
+        gateway.log_count("Subscribed") == 1
+    });
+    runtime.block_on(publish_all(mqtt.port, "tansu-tls-sensor", readings(0, 10)));
+    wait_until(
+        LIMIT,
+        "a failed verification, the readings in the outbox",
+        || {
+            gateway.log_text().contains("certificate verify failed")
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && metric_sum(&scrape(port), "sensorgate_outbox_records") == 10.0
+        },
+    );
+    assert_eq!(
+        metric_sum(&scrape(port), "sensorgate_kafka_deliveries_total"),
+        0.0
+    );
+    stop(gateway);
+    drop(wrong);
+
+    // The broker with the right certificate: everything arrives, over TLS.
+    let broker = TlsTansu::start(
+        &tansu,
+        &certs.path("server.pem"),
+        &certs.path("server.key"),
+        &dir.path().join("tansu.log"),
+    );
+    create_topics(&broker.address(), &ca, &topics);
+    kafka_variant(&base, &broker.address(), &properties, &config);
+    with_metrics(&config, port);
+    let gateway = GatewayProcess::spawn(&config, &dir.path().join("tls.log"), &[]);
+    wait_until(LIMIT, "the source to subscribe", || {
+        gateway.log_count("Subscribed") == 1
+    });
+    runtime.block_on(publish_all(mqtt.port, "tansu-tls-sensor", readings(10, 20)));
+    let mut reader = Reader::with_properties(
+        &broker.address(),
+        &["sensors.readings"],
+        &[("security.protocol", "SSL"), ("ssl.ca.location", &ca)],
+    );
+    let seqs = delivered(&mut reader, 20);
+    assert_eq!(seqs, (0..20).collect::<BTreeSet<u64>>());
+    assert!(
+        !gateway.log_text().contains("verify failed"),
+        "{}",
+        gateway.log_text()
+    );
+    eprintln!(
+        "over TLS to tansu: 10 readings waited out a wrong host name, then all 20 of {} records \
+         arrived",
+        reader.records.len()
+    );
+    stop(gateway);
+}

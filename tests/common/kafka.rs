@@ -76,13 +76,21 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(bootstrap: &str, topics: &[&str]) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
+        Self::with_properties(bootstrap, topics, &[])
+    }
+
+    /// Like [`Reader::new`], with more librdkafka properties (TLS).
+    pub fn with_properties(bootstrap: &str, topics: &[&str], properties: &[(&str, &str)]) -> Self {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "sensorgate-tests")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .expect("consumer");
+            .set("enable.partition.eof", "false");
+        for (key, value) in properties {
+            config.set(*key, *value);
+        }
+        let consumer: BaseConsumer = config.create().expect("consumer");
         let mut list = TopicPartitionList::new();
         for topic in topics {
             let metadata = consumer

@@ -1,6 +1,7 @@
 //! TLS for tests: certificates made with the `openssl` command (a CA, server certificates that
 //! are good, for the wrong host or expired, a client certificate, and a second CA that signed
-//! none of them), and mosquitto with TLS listeners that require a client certificate.
+//! none of them), mosquitto with TLS listeners that require a client certificate, and the tansu
+//! Kafka broker serving TLS (built by `scripts/kafka-tls.sh`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -256,6 +257,68 @@ impl TlsServer {
 }
 
 impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tansu broker (a Kafka-protocol broker process) serving TLS on a free port, its data in
+/// memory, its output in `log`. Killed on drop. The binary is `SENSORGATE_TANSU`, which
+/// `scripts/kafka-tls.sh` builds and sets.
+pub struct TlsTansu {
+    pub port: u16,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl TlsTansu {
+    /// The broker binary, if `SENSORGATE_TANSU` names one.
+    pub fn binary() -> Option<PathBuf> {
+        std::env::var_os("SENSORGATE_TANSU").map(PathBuf::from)
+    }
+
+    /// Starts it with `cert`/`key` and waits until it listens.
+    pub fn start(binary: &Path, cert: &Path, key: &Path, log: &Path) -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let out = std::fs::File::create(log).unwrap();
+        let mut child = super::clean_command(binary)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("the tansu broker (scripts/kafka-tls.sh builds it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "tansu exited: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            log: log.to_owned(),
+            child,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsTansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
