@@ -655,19 +655,12 @@ impl Backend {
 /// Sends `request` to the running daemon, or, when none listens on the admin socket, answers it
 /// from the state directory. A [`Response::Error`] becomes [`AdminError::Remote`].
 pub async fn call(config: &Config, request: Request) -> Result<(Response, Mode), AdminError> {
-    let path = config.gateway.admin_socket_path();
-    let (response, mode) = match tokio::net::UnixStream::connect(&path).await {
-        Ok(stream) => (exchange(stream, &request).await?, Mode::Daemon),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
+    let (response, mode) = match daemon(config).await? {
+        Some(stream) => (exchange(stream, &request).await?, Mode::Daemon),
+        None => {
             let backend = Backend::direct(config)?;
             (backend.handle(request).await, Mode::Direct)
         }
-        Err(source) => return Err(AdminError::Socket { path, source }),
     };
     match response {
         Response::Error(message) => Err(AdminError::Remote(message)),
@@ -683,18 +676,12 @@ pub async fn each_dead_letter(
     filter: Filter,
     mut visit: impl FnMut(DeadLetter) -> Result<(), AdminError>,
 ) -> Result<Mode, AdminError> {
-    let path = config.gateway.admin_socket_path();
-    match tokio::net::UnixStream::connect(&path).await {
-        Ok(stream) => {
+    match daemon(config).await? {
+        Some(stream) => {
             stream_from(stream, &Request::DlqList { filter }, &mut visit).await?;
             Ok(Mode::Daemon)
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
+        None => {
             let backend = Backend::direct(config)?;
             let mut failed = None;
             let read = backend.each_dead_letter(&filter, |d| match visit(d) {
@@ -708,8 +695,38 @@ pub async fn each_dead_letter(
             read?;
             failed.map_or(Ok(Mode::Direct), Err)
         }
+    }
+}
+
+/// A connection to the running daemon's admin socket, or `None` when no daemon listens on it
+/// (no socket file, or a stale one: `ENOENT`/`ECONNREFUSED`).
+async fn daemon(config: &Config) -> Result<Option<tokio::net::UnixStream>, AdminError> {
+    let path = config.gateway.admin_socket_path();
+    match tokio::net::UnixStream::connect(&path).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
         Err(source) => Err(AdminError::Socket { path, source }),
     }
+}
+
+/// Writes `request` as one line and shuts the writing side: the daemon answers once it has it.
+async fn send_request(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    request: &Request,
+) -> Result<(), AdminError> {
+    let mut line =
+        serde_json::to_vec(request).map_err(|e| AdminError::Protocol(format!("request: {e}")))?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await?;
+    Ok(())
 }
 
 /// Sends `request` and reads its streamed answer ([`entries`]).
@@ -719,11 +736,7 @@ async fn stream_from(
     visit: &mut impl FnMut(DeadLetter) -> Result<(), AdminError>,
 ) -> Result<(), AdminError> {
     let (mut read, mut write) = stream.into_split();
-    let mut line =
-        serde_json::to_vec(request).map_err(|e| AdminError::Protocol(format!("request: {e}")))?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    write.shutdown().await?;
+    send_request(&mut write, request).await?;
     let mut entries = entries::Entries::default();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -772,11 +785,7 @@ async fn exchange(
     request: &Request,
 ) -> Result<Response, AdminError> {
     let (read, mut write) = stream.into_split();
-    let mut line =
-        serde_json::to_vec(request).map_err(|e| AdminError::Protocol(format!("request: {e}")))?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    write.shutdown().await?;
+    send_request(&mut write, request).await?;
     let mut answer = Vec::new();
     BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE))
         .read_until(b'\n', &mut answer)
