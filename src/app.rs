@@ -24,6 +24,7 @@ use crate::outbox::committer::{AckReceiver, AckSinks, Committer, Handoff, Submit
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{Classifier, Rules, RulesError};
 use crate::publish::{PublishError, Publisher};
+use crate::telemetry::events::{Event as _, Reloaded};
 use crate::telemetry::http::{self, Endpoint};
 use crate::telemetry::{notify, Stats};
 
@@ -136,13 +137,11 @@ impl Handle {
             Ok(rules) => {
                 let routes = rules.router.routes().len();
                 self.classifier.replace_rules(rules);
-                self.stats.reloaded(true);
-                tracing::info!(routes, "Reloaded routes and schemas");
+                Reloaded::Done { routes }.emit(&self.stats);
                 Ok(())
             }
             Err(e) => {
-                self.stats.reloaded(false);
-                tracing::error!(error = %e, "Reload failed; keeping the previous routes and schemas");
+                Reloaded::Failed { error: &e }.emit(&self.stats);
                 Err(e)
             }
         };

@@ -22,6 +22,7 @@ use thiserror::Error;
 use crate::config::DlqConfig;
 use crate::outbox::codec::{CodecError, Frame, FrameEncoder, RecordRef};
 use crate::record::{DeadLetterInfo, Reason, Record, Violation};
+use crate::telemetry::events::{DlqEvicted, Event as _};
 use crate::telemetry::Stats;
 
 /// Largest part of an entry.
@@ -383,14 +384,13 @@ impl Dlq {
             evicted += 1;
         }
         if evicted > 0 {
-            self.stats.dlq_evicted(evicted);
-            tracing::warn!(
+            DlqEvicted {
                 evicted,
-                max_entries = limits.max_entries,
-                max_bytes = limits.max_bytes.bytes(),
-                max_age_s = limits.max_age.as_secs(),
-                "Local dead-letter store over its [dlq] bounds: evicted the oldest dead letters"
-            );
+                max_entries: limits.max_entries,
+                max_bytes: limits.max_bytes.bytes(),
+                max_age_s: limits.max_age.as_secs(),
+            }
+            .emit(&self.stats);
         }
         Ok(())
     }

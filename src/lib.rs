@@ -27,6 +27,7 @@
 //!   committed only after the MQTT broker acknowledged) and published to devices over MQTT;
 //!   invalid ones are dead letters through the committer like readings.
 //! - [`telemetry`]: every counter.
+//! - [`backoff`]: the one retry-delay type every retrying loop uses.
 //! - [`admin`]: the operator's API (`dlq`, `queue stats`): a Unix socket served by the daemon,
 //!   or the state directory opened directly when no daemon runs; one backend for both.
 //! - [`app`]: starts, supervises and stops the tasks; [`cli`]: subcommands other than `run`.
@@ -38,6 +39,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod dlq;

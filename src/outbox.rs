@@ -97,6 +97,7 @@ use thiserror::Error;
 use crate::config::{DlqConfig, QueueConfig, WhenFull};
 use crate::dlq::{Dlq, DlqError};
 use crate::record::Record;
+use crate::telemetry::events::{Event as _, OutboxCorrupt, OutboxEvicted};
 use crate::telemetry::Stats;
 use codec::FrameEncoder;
 use segment::{SegmentError, Writer};
@@ -652,12 +653,11 @@ impl Outbox {
             remove_segment(seg);
         }
         if evicted_records > 0 {
-            self.stats.dropped(evicted_records);
-            tracing::warn!(
-                evicted = evicted_records,
-                max_bytes = self.max_bytes,
-                "Outbox full: evicted the oldest records not yet sent (policy drop-oldest)"
-            );
+            OutboxEvicted {
+                records: evicted_records,
+                max_bytes: self.max_bytes,
+            }
+            .emit(&self.stats);
         }
         Ok(())
     }
@@ -669,16 +669,20 @@ impl Outbox {
             .saturating_sub(self.ledger().dead_bytes)
     }
 
-    /// Whether the disk takes writes again: writes [`PROBE_BYTES`] to a scratch file in the
-    /// queue directory, syncs and deletes it.
+    /// Whether the disks take writes again: writes [`PROBE_BYTES`] to a scratch file in the
+    /// queue directory and in the database's directory (they may be different filesystems; a
+    /// latched database error came from the second), syncs and deletes each.
     pub fn probe_writable(&self) -> std::io::Result<()> {
-        let path = self.dir.join(".probe");
-        let result = std::fs::File::create(&path).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, &[0u8; PROBE_BYTES])?;
-            f.sync_all()
-        });
-        let _ = std::fs::remove_file(&path);
-        result
+        for dir in [&self.dir, &self.db_path] {
+            let path = dir.join(".probe");
+            let result = std::fs::File::create(&path).and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &[0u8; PROBE_BYTES])?;
+                f.sync_all()
+            });
+            let _ = std::fs::remove_file(&path);
+            result.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        }
+        Ok(())
     }
 
     /// Waits until the publisher freed space, or `timeout` passed (for the `block` policy).
@@ -886,15 +890,14 @@ impl Outbox {
 }
 
 fn report_damage(path: &Path, damage: &segment::Damage, stats: &Stats) {
-    stats.outbox_corrupt(damage.records.unwrap_or(0));
-    tracing::error!(
-        file = %path.display(),
-        offset = damage.offset,
-        bytes = damage.len,
-        records_lost = damage.records,
-        error = %damage.why,
-        "Outbox segment is corrupt: skipped the damaged bytes; the file is kept for recovery"
-    );
+    OutboxCorrupt {
+        file: path,
+        offset: damage.offset,
+        bytes: damage.len,
+        records: damage.records,
+        error: &damage.why,
+    }
+    .emit(stats);
 }
 
 /// Deletes a segment file, or keeps it as `.corrupt` when damage was found in it.

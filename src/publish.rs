@@ -6,10 +6,10 @@
 //! - `partition.rs`: partition choice and the state of each partition;
 //! - `kafka.rs`: the producer's configuration, error classification, librdkafka callbacks;
 //! - `window.rs`: the in-flight slab and the settled watermark;
-//! - `backoff.rs`: retry delays and the circuit breaker that keep an outage from becoming a hot
-//!   loop.
+//! - `circuit.rs`: the circuit breaker (on [`crate::backoff::Backoff`]) that keeps an outage from
+//!   becoming a hot loop.
 
-pub mod backoff;
+pub mod circuit;
 pub mod kafka;
 pub mod partition;
 pub mod publisher;

@@ -8,9 +8,12 @@
 //!   which pings only while the pipeline's tasks show progress;
 //! - `logging.rs` sends logs to the journal (structured fields) or to stderr;
 //! - `downlink.rs` holds the counters of each downlink (commands from Kafka to devices).
+//! - `events.rs`: the operational events (failures, losses, recoveries), each a struct that
+//!   logs and counts itself under one rate-limiting rule.
 //! - `process.rs` reads the process's own memory, CPU and descriptors for `/metrics`.
 
 pub mod downlink;
+pub mod events;
 pub mod http;
 pub mod logging;
 pub mod notify;
@@ -59,6 +62,8 @@ pub struct Stats {
     outbox_write_errors: AtomicU64,
     /// Liveness of the pipeline's tasks, read by the watchdog.
     pub heartbeats: Heartbeats,
+    /// Which operational events were logged lately ([`events`]).
+    pub events: events::Limiter,
 }
 
 #[derive(Debug, Default)]

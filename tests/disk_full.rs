@@ -3,6 +3,10 @@
 //! could not store is acknowledged, the failure shows on `/metrics`, `/readyz`, STATUS= and in
 //! one log line, the gateway does not crash-loop; once space is back it stores again by itself
 //! (before Kafka returns), and every reading the broker accepted reaches Kafka.
+//!
+//! The second test fills only the filesystem under the dead-letter database (sled latches its
+//! first write error until it is reopened): the gateway must stay up while that disk is full and
+//! restart to reopen the database only once it takes writes again.
 
 mod common;
 
@@ -30,6 +34,27 @@ fn message(seq: u64) -> (String, Vec<u8>) {
 
 fn messages(range: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
     range.map(message).collect()
+}
+
+/// Plays systemd's `Restart=on-failure`: if `gateway` exited, it must have failed, and it is
+/// started again, at most once per test.
+fn restart_once(
+    gateway: &mut GatewayProcess,
+    restarts: &mut u32,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    envs: &[(&str, &str)],
+) {
+    if let Some(status) = gateway.try_wait() {
+        assert!(!status.success(), "exited with success while failing");
+        *restarts += 1;
+        assert!(
+            *restarts <= 1,
+            "restarted {restarts} times:\n{}",
+            gateway.log_text()
+        );
+        *gateway = GatewayProcess::spawn(config, log, envs);
+    }
 }
 
 /// Reads sd_notify messages on `socket` until `done` is set and keeps the last STATUS= line
@@ -153,18 +178,8 @@ async fn a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_it
     // (Restart=on-failure): a gateway that exits must do so with a failure status, at most once.
     disk.free("ballast");
     let mut restarts = 0;
-    let mut supervise = |gateway: &mut GatewayProcess| {
-        if let Some(status) = gateway.try_wait() {
-            assert!(!status.success(), "exited with success while failing");
-            restarts += 1;
-            assert!(
-                restarts <= 1,
-                "restarted {restarts} times:\n{}",
-                gateway.log_text()
-            );
-            *gateway = GatewayProcess::spawn(&config, &log, &envs);
-        }
-    };
+    let mut supervise =
+        |gateway: &mut GatewayProcess| restart_once(gateway, &mut restarts, &config, &log, &envs);
     tokio::task::block_in_place(|| {
         wait_until(
             LONG,
@@ -213,4 +228,101 @@ async fn a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_it
     drop(disk);
     stop_listening.store(true, Ordering::SeqCst);
     listener.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_dead_letter_database_is_waited_out_before_the_restart_that_reopens_it(
+) {
+    const TEST: &str = "disk_full::a_full_disk_under_the_dead_letter_database_is_waited_out_before_the_restart_that_reopens_it";
+    let dir = tempfile::tempdir().unwrap();
+    // `state/outbox` is sled's directory; the queue's segments (`state/queue`) keep their space.
+    let Some(disk) = Tmpfs::mount(&dir.path().join("state/outbox"), "16m", TEST) else {
+        return;
+    };
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&[TOPIC, DLQ]);
+    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+    let port = free_port();
+    with_metrics(&config, port);
+    let envs = [("RUST_LOG", "info")];
+    let log = dir.path().join("gateway.log");
+    let mut gateway = GatewayProcess::spawn(&config, &log, &envs);
+    let metrics = |gateway: &mut GatewayProcess| {
+        assert!(
+            gateway.try_wait().is_none(),
+            "the gateway exited while the database's disk was full (a crash loop under \
+             systemd):\n{}",
+            gateway.log_text()
+        );
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()
+            .then(|| scrape(port))
+    };
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the MQTT source to subscribe", || {
+            metrics(&mut gateway).is_some_and(|m| {
+                metric(&m, "sensorgate_source_up", Some(("source", "local"))) == 1.0
+            })
+        })
+    });
+    const FIRST: u64 = 1_000;
+    const TOTAL: u64 = 3_000;
+    publish_all(mqtt.port, "sensor-dlq-disk-1", messages(0..FIRST)).await;
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the first dead letters to be stored", || {
+            metrics(&mut gateway)
+                .is_some_and(|m| metric(&m, "sensorgate_dlq_entries", None) >= 100.0)
+        })
+    });
+
+    // The database's disk fills up; more readings (and dead letters) arrive.
+    disk.fill("ballast");
+    publish_all(mqtt.port, "sensor-dlq-disk-2", messages(FIRST..TOTAL)).await;
+    tokio::task::block_in_place(|| {
+        wait_until(
+            LONG,
+            "the failure on /metrics, probed again and again",
+            || {
+                metrics(&mut gateway).is_some_and(|m| {
+                    metric(&m, "sensorgate_outbox_write_failing", None) == 1.0
+                        && metric(&m, "sensorgate_outbox_write_errors_total", None) >= 5.0
+                })
+            },
+        )
+    });
+    assert_eq!(http_get(port, "/readyz").0, 503);
+
+    // Space returns: the gateway exits (with a failure) to reopen the database, and the restart
+    // stores and delivers everything the broker accepted.
+    disk.free("ballast");
+    let mut restarts = 0;
+    let mut reader =
+        tokio::task::block_in_place(|| Reader::new(&kafka.bootstrap_servers(), &[TOPIC, DLQ]));
+    tokio::task::block_in_place(|| {
+        reader.try_read_until(LONG, |records| {
+            restart_once(&mut gateway, &mut restarts, &config, &log, &envs);
+            seqs_of(records).len() as u64 == TOTAL
+        })
+    });
+    let seen = seqs_of(&reader.records);
+    let missing: Vec<u64> = (0..TOTAL).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged readings never reached Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    assert_eq!(restarts, 1, "the database was reopened by a restart");
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "every dead letter in the local store", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && metric(&scrape(port), "sensorgate_dlq_entries", None) >= (TOTAL / 10) as f64
+        })
+    });
+    eprintln!(
+        "dead-letter disk full: {TOTAL} readings, {restarts} restart, {} records in Kafka",
+        reader.records.len()
+    );
+    drop(gateway);
+    drop(disk);
 }

@@ -119,7 +119,9 @@ async fn resets_every_few_hundred_ms_and_two_sigkills_lose_nothing_the_broker_ac
 /// in-flight limit, as `packaging/mosquitto.conf` ships) is read with a 5 s keep-alive: the
 /// broker's PINGRESPs and SUBACK share the stream with the backlog. The gateway must not drop
 /// the link (each reconnect makes the broker send every unacknowledged reading again, which can
-/// loop), must report the SUBACK, and must deliver each reading once.
+/// loop), must report the SUBACK, and must deliver each reading once. It counts as up (on
+/// `/metrics`, so on `/readyz`) as soon as the backlog flows, not only once the SUBACK behind it
+/// arrived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconnecting() {
     let mqtt = Mosquitto::start_with_inflight(0);
@@ -138,7 +140,21 @@ async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconne
     publish_all_fast(mqtt.port, "sensor-backlog", messages, 1000).await;
 
     let log = dir.path().join("gateway-2.log");
+    let port = free_port();
+    with_metrics(&config, port);
     let gateway = GatewayProcess::spawn(&config, &log, &[("RUST_LOG", "info")]);
+    let received_when_up = tokio::task::block_in_place(|| {
+        let mut received = 0.0;
+        wait_until(LONG, "the source to count as up", || {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                return false;
+            }
+            let m = scrape(port);
+            received = metric(&m, "sensorgate_readings_received_total", None);
+            metric(&m, "sensorgate_source_up", Some(("source", "local"))) == 1.0
+        });
+        received
+    });
     let mut reader = tokio::task::block_in_place(|| {
         Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
     });
@@ -166,6 +182,21 @@ async fn a_backlog_longer_than_the_keep_alive_to_read_is_drained_without_reconne
         TOTAL,
         "readings were delivered twice: the broker sent them again after a reconnect"
     );
+    assert!(
+        received_when_up < TOTAL as f64,
+        "up only after all {TOTAL} queued readings were read ({received_when_up})"
+    );
+    let log = gateway.log_text();
+    let (receiving, subscribed) = (
+        log.find("Receiving readings from the session's subscription"),
+        log.find("Subscribed"),
+    );
+    assert!(
+        receiving.is_some() && receiving < subscribed,
+        "up with the first reading, before the SUBACK:\n{}",
+        mqtt_log(&gateway)
+    );
+    eprintln!("backlog: up after {received_when_up} of {TOTAL} queued readings were received");
 }
 
 /// The link from the broker is slower than the readings arriving for the gateway (a weak
@@ -227,6 +258,80 @@ async fn a_downlink_slower_than_the_readings_keeps_its_connection_and_delivers_e
         TOTAL,
         "readings were delivered more than once: the broker sent them again after a reconnect"
     );
+}
+
+/// A link that breaks again and again, each time after a good connection (a flaky Wi-Fi), is
+/// reconnected after the first delay every time: the backoff starts over at each CONNACK.
+/// `reconnect_max` is 10 minutes here, so a backoff that kept growing across good connections
+/// would wait 200 ms × 2^11 ≈ 7 minutes before the 12th reconnect. The log says it once at
+/// warning level, the repeats at debug (the events' rate limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_keeps_breaking_after_good_connections_is_reconnected_after_the_first_delay_each_time(
+) {
+    let mqtt = Mosquitto::start();
+    let kafka = kafka(&["sensors.readings"]);
+    let proxy = Proxy::start(mqtt.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &proxy.url(), &kafka.bootstrap_servers(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "max_payload = \"1KiB\"",
+        "max_payload = \"1KiB\"\nreconnect_max = \"10m\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let gateway = GatewayProcess::spawn(
+        &config,
+        &dir.path().join("gateway.log"),
+        &[("RUST_LOG", "info,sensorgate=debug")],
+    );
+    tokio::task::block_in_place(|| {
+        wait_until(LONG, "the gateway to subscribe", || {
+            gateway.log_count("Subscribed") >= 1
+        })
+    });
+    const BREAKS: usize = 12;
+    for n in 1..=BREAKS {
+        proxy.reset();
+        tokio::task::block_in_place(|| {
+            wait_until(LONG, "the gateway to subscribe again", || {
+                gateway.log_count("Subscribed") > n
+            })
+        });
+    }
+    let log = gateway.log_text();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("MQTT connection failed; reconnecting"))
+        .collect();
+    let delays: Vec<u64> = failed
+        .iter()
+        .filter_map(|l| l.split("retry_ms=").nth(1))
+        .filter_map(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        delays.len(),
+        BREAKS,
+        "one warning per break, each with its delay:\n{}",
+        mqtt_log(&gateway)
+    );
+    let first = 200.0 * (1.0 + sensorgate::backoff::JITTER);
+    assert!(
+        delays.iter().all(|&d| d as f64 <= first),
+        "each reconnect after a good connection waits the first delay: {delays:?}"
+    );
+    let warnings = failed.iter().filter(|l| l.contains(" WARN ")).count();
+    assert_eq!(
+        warnings, 1,
+        "one warning, the repeats at debug: {failed:#?}"
+    );
+    // The same for the readings: every one published now arrives.
+    let messages = (0..100).map(|seq| device_reading(seq, 4)).collect();
+    publish_all(mqtt.port, "sensor-flaky-link", messages).await;
+    let mut reader = tokio::task::block_in_place(|| {
+        Reader::new(&kafka.bootstrap_servers(), &["sensors.readings"])
+    });
+    let missing = tokio::task::block_in_place(|| reader.read_every_seq(LONG, 100));
+    assert!(missing.is_empty(), "missing {missing:?}");
+    eprintln!("flaky link: {BREAKS} breaks, reconnect delays {delays:?} ms");
 }
 
 /// Sets the source's keep-alive to 5 s in the configuration at `config`, so a dropped link

@@ -21,8 +21,9 @@ use super::replay::{Refusal, ReplayRequest, REPLAY_WAIT};
 use super::rules;
 use super::window::{Command, SlotId, Stage, Window};
 use super::{Downlink, DownlinkError};
+use crate::backoff::Backoff;
 use crate::outbox::committer::{AckToken, Request, Submission};
-use crate::publish::backoff::{Backoff, Circuit};
+use crate::publish::circuit::Circuit;
 use crate::record::{now_ms, DeadLetterInfo, Meta, Origin, Reason, Record, Violation};
 use crate::telemetry::downlink::CommandResult;
 

@@ -14,8 +14,14 @@
 //!
 //! Every CONNACK is followed by a SUBSCRIBE, whatever `session_present` says: a link that broke
 //! between a first CONNACK and its SUBSCRIBE leaves the broker a persistent session without a
-//! subscription, which would never deliver. The source counts as up only once the SUBACK
-//! granted every filter; a refused subscription is retried with backoff.
+//! subscription, which would never deliver. The source counts as up once the SUBACK granted
+//! every filter, or as soon as a reading arrives on the connection before it (a session that
+//! delivers has its subscription; its SUBACK may wait behind a whole backlog). A refused
+//! subscription makes it down and is retried with backoff.
+//!
+//! Reconnects wait a [`Backoff`] that doubles from [`RETRY_FIRST`] to `reconnect_max`, and starts
+//! over at every CONNACK: a link that keeps breaking after good connections reconnects quickly
+//! each time instead of waiting ever longer.
 //!
 //! What one publish may cost is bounded: rumqttc allocates a whole frame as soon as it has read
 //! its fixed header, so the incoming packet limit is `max_payload` plus room for the longest
@@ -38,12 +44,19 @@ use rumqttc::{
 };
 use thiserror::Error;
 use tokio::time::{sleep, sleep_until, Instant};
+
+/// The first delay before a reconnect or a new SUBSCRIBE.
+pub const RETRY_FIRST: Duration = Duration::from_millis(200);
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::{BrokerAddress, MqttConfig, SecretFileError, UrlError};
 use crate::outbox::committer::{AckReceiver, AckToken, Request, Submission, Submitter};
 use crate::pipeline::Classifier;
 use crate::record::{now_ms, Origin, Reading};
+use crate::telemetry::events::{
+    Event as _, MqttLinkLost, MqttPacketTooLarge, MqttSubscriptionRefused,
+};
 use crate::telemetry::Stats;
 
 /// Errors of an MQTT source.
@@ -120,8 +133,7 @@ impl MqttSource {
         tracing::info!(source = %name, url = %self.config.url, client_id = %self.client_id, "Connecting to MQTT broker");
         self.stats.source_up(&name, false);
         let mut conn = 0u32;
-        let mut failures = 0u32;
-        let mut delay = Duration::from_millis(200);
+        let mut reconnect = Backoff::doubling(RETRY_FIRST, self.config.reconnect_max);
         loop {
             conn = conn.wrapping_add(1);
             let (client, eventloop) = AsyncClient::new(self.options()?, 1024);
@@ -132,11 +144,12 @@ impl MqttSource {
                     conn,
                     unsent: VecDeque::new(),
                     resubscribe_at: None,
-                    sub_delay: Duration::from_millis(200),
+                    resubscribe: Backoff::doubling(RETRY_FIRST, self.config.reconnect_max),
+                    up: false,
                 },
             };
             let end = self
-                .connection(&name, &mut link, &mut failures, &stop)
+                .connection(&name, &mut link, &mut reconnect, &stop)
                 .await;
             self.stats.source_up(&name, false);
             match end {
@@ -149,32 +162,34 @@ impl MqttSource {
                 }
                 End::PipelineClosed => break,
                 End::Lost(e) => {
-                    failures += 1;
-                    self.stats.mqtt_reconnect(&name);
+                    let delay = reconnect.next_delay();
                     if let Some(bytes) = oversize(&e) {
-                        self.stats.mqtt_oversize(&name);
-                        tracing::error!(source = %name, bytes, limit = self.config.packet_limit(), "MQTT broker sent a packet larger than max_payload allows; dropped the connection without reading it (a QoS 1 publish comes back on every reconnect: make the broker refuse it, max_packet_size in mosquitto)");
+                        MqttPacketTooLarge {
+                            source: &name,
+                            bytes,
+                            limit: self.config.packet_limit(),
+                        }
+                        .emit(&self.stats);
                     }
-                    if failures == 1 && self.needs_client_cert_hint(&e) {
-                        // TLS 1.3: a broker that wants a client certificate refuses after the
-                        // handshake, which the client sees as an alert or as a reset.
-                        tracing::warn!(source = %name, error = %e, hint = "the broker may require a client certificate: set cert_file and key_file", "MQTT connection failed; reconnecting with backoff");
-                    } else if failures == 1 {
-                        tracing::warn!(source = %name, error = %e, "MQTT connection failed; reconnecting with backoff");
-                    } else {
-                        tracing::debug!(source = %name, error = %e, attempts = failures, "MQTT reconnect failed");
+                    // TLS 1.3: a broker that wants a client certificate refuses after the
+                    // handshake, which the client sees as an alert or as a reset.
+                    let hint = self.needs_client_cert_hint(&e).then_some(
+                        "the broker may require a client certificate: set cert_file and key_file",
+                    );
+                    MqttLinkLost {
+                        source: &name,
+                        error: &e,
+                        retry: delay,
+                        hint,
                     }
+                    .emit(&self.stats);
                     // Acknowledgements of this connection still on their way are worthless now.
                     drop(link);
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(self.config.reconnect_max);
                 }
-            }
-            if failures == 0 {
-                delay = Duration::from_millis(200);
             }
         }
         self.stats.source_up(&name, false);
@@ -203,7 +218,7 @@ impl MqttSource {
         &mut self,
         name: &Arc<str>,
         link: &mut Link,
-        failures: &mut u32,
+        reconnect: &mut Backoff,
         stop: &CancellationToken,
     ) -> End {
         let max_payload = self.config.max_payload.bytes() as usize;
@@ -232,10 +247,10 @@ impl MqttSource {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    if *failures > 0 {
-                        tracing::info!(source = %name, attempts = *failures, "Reconnected to MQTT broker");
+                    if reconnect.attempts() > 0 {
+                        tracing::info!(source = %name, attempts = reconnect.attempts(), "Reconnected to MQTT broker");
                     }
-                    *failures = 0;
+                    reconnect.reset();
                     tracing::info!(source = %name, session_present = ack.session_present, topics = ?self.config.topics, "Connected to MQTT broker; subscribing");
                     control.subscribe(name, &self.config.topics);
                 }
@@ -245,17 +260,30 @@ impl MqttSource {
                         .iter()
                         .any(|c| matches!(c, SubscribeReasonCode::Failure))
                     {
-                        self.stats.source_up(name, false);
-                        tracing::error!(source = %name, codes = ?ack.return_codes, retry_ms = control.sub_delay.as_millis() as u64, "MQTT broker refused a subscription; retrying with backoff");
-                        control.resubscribe_at = Some(Instant::now() + control.sub_delay);
-                        control.sub_delay = (control.sub_delay * 2).min(self.config.reconnect_max);
+                        control.up = false;
+                        let delay = control.resubscribe.next_delay();
+                        MqttSubscriptionRefused {
+                            source: name,
+                            codes: &ack.return_codes,
+                            retry: delay,
+                        }
+                        .emit(&self.stats);
+                        control.resubscribe_at = Some(Instant::now() + delay);
                     } else {
+                        control.up = true;
                         self.stats.source_up(name, true);
-                        control.sub_delay = Duration::from_millis(200);
+                        control.resubscribe.reset();
                         tracing::info!(source = %name, "Subscribed");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if !control.up && control.resubscribe.attempts() == 0 {
+                        // Before any SUBACK of this connection: the session's subscription
+                        // delivers (a refused SUBSCRIBE instead keeps the source down).
+                        control.up = true;
+                        self.stats.source_up(name, true);
+                        tracing::info!(source = %name, "Receiving readings from the session's subscription");
+                    }
                     let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
                         sink: self.sink,
                         conn: control.conn,
@@ -420,7 +448,9 @@ struct Control {
     conn: u32,
     unsent: VecDeque<u16>,
     resubscribe_at: Option<Instant>,
-    sub_delay: Duration,
+    resubscribe: Backoff,
+    /// Whether the source counts as up on this connection.
+    up: bool,
 }
 
 impl Control {
@@ -431,7 +461,7 @@ impl Control {
             .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
         if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::warn!(source = %name, error = %e, "Cannot queue the subscription; retrying");
-            self.resubscribe_at = Some(Instant::now() + self.sub_delay);
+            self.resubscribe_at = Some(Instant::now() + self.resubscribe.next_delay());
         }
     }
 

@@ -24,6 +24,7 @@ use tokio_serial::{SerialPortBuilder, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Decoder, Line, LineSplitter};
+use crate::backoff::Backoff;
 use crate::config::{FlowControl, Parity, SerialConfig, SERIAL_RECONNECT_MIN};
 use crate::outbox::committer::{Request, Submission, Submitter};
 use crate::pipeline::{Classifier, Framed};
@@ -150,8 +151,7 @@ impl SerialSource {
         let name = self.name.clone();
         let device = self.device.as_str();
         let mut splitter = LineSplitter::new(self.config.max_line_bytes.bytes() as usize);
-        let reconnect_max = self.config.reconnect_max.max(SERIAL_RECONNECT_MIN);
-        let mut delay = SERIAL_RECONNECT_MIN;
+        let mut backoff = Backoff::doubling(SERIAL_RECONNECT_MIN, self.config.reconnect_max);
         let mut was_open = false;
         let mut failures = 0u32;
         let mut announced = Announced::Nothing;
@@ -203,7 +203,7 @@ impl SerialSource {
                     announced = Announced::Lost;
                     down_since = Some(Instant::now());
                     if opened_at.elapsed() >= STABLE {
-                        delay = SERIAL_RECONNECT_MIN;
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
@@ -237,9 +237,8 @@ impl SerialSource {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = sleep(delay) => {}
+                _ = sleep(backoff.next_delay()) => {}
             }
-            delay = (delay * 2).min(reconnect_max);
         }
         tracing::info!(source = %name, device, "Serial source stopped");
     }

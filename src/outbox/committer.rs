@@ -24,8 +24,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use super::{Batch, CommitError, Committed, Outbox, OutboxError};
+use crate::backoff::Backoff;
 use crate::config::QueueConfig;
 use crate::record::Record;
+use crate::telemetry::events::{
+    DeadLettersDropped, DeadLettersFitAgain, Event as _, OutboxWritable, OutboxWriteFailed,
+};
 
 /// Acknowledges one received reading once it is durable: which source (`sink`), which of its
 /// connections (`conn`), and the packet id (`id`). A source drops tokens of an older connection:
@@ -84,6 +88,9 @@ pub const BATCH_BYTES: usize = 2 << 20;
 
 /// What a record costs the budget beyond its payload: metadata and a dead letter's errors.
 const RECORD_OVERHEAD: usize = 256;
+/// The first and the longest delay before a failed commit is written again.
+const DISK_RETRY_FIRST: Duration = Duration::from_millis(100);
+const DISK_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A record's cost against [`BATCH_BYTES`].
 pub fn weight(record: &Record) -> usize {
@@ -300,14 +307,14 @@ impl Committer {
     /// `sensorgate_outbox_write_failing` (and `/readyz`, STATUS=) until a commit succeeds.
     fn store(&mut self, batch: &mut Batch, work: &mut Work) -> Result<(), OutboxError> {
         let mut failures = 0u32;
+        let mut retry = Backoff::doubling(DISK_RETRY_FIRST, DISK_RETRY_MAX);
         let mut blocked = false;
         loop {
             let dead: Vec<&Record> = work.dead.iter().map(|i| &work.records[*i]).collect();
             match self.outbox.commit(batch, &dead) {
                 Ok(committed) => {
                     if failures > 0 {
-                        self.outbox.stats.outbox_writable();
-                        tracing::info!(attempts = failures, "Outbox writes succeed again");
+                        OutboxWritable { attempts: failures }.emit(&self.outbox.stats);
                     }
                     if blocked {
                         tracing::info!("Outbox has room again: acknowledging readings");
@@ -331,19 +338,16 @@ impl Committer {
                 }
                 Err(CommitError::Failed(e)) => {
                     failures += 1;
-                    self.outbox.stats.outbox_write_failed();
-                    if failures == 1 {
-                        tracing::error!(
-                            error = %e,
-                            waiting = batch.len(),
-                            "Cannot write the outbox (disk full or failing?); readings stay unacknowledged and are retried until it can be written"
-                        );
+                    OutboxWriteFailed {
+                        error: &e,
+                        waiting: batch.len() as usize,
                     }
+                    .emit(&self.outbox.stats);
                     if e.latches() {
-                        self.wait_until_writable();
+                        self.wait_until_writable(&mut retry, batch.len() as usize);
                         return Err(OutboxError::Latched(Box::new(e)));
                     }
-                    self.pause(failures);
+                    self.pause(&mut retry);
                 }
             }
         }
@@ -351,22 +355,20 @@ impl Committer {
 
     /// After a latching error: waits until the disk takes a probe write (so that a restart
     /// does not fail the same way and loop), keeping the watchdog fed meanwhile.
-    fn wait_until_writable(&self) {
-        let mut attempts = 0u32;
+    fn wait_until_writable(&self, retry: &mut Backoff, waiting: usize) {
         while let Err(e) = self.outbox.probe_writable() {
-            attempts += 1;
-            tracing::debug!(error = %e, attempts, "The disk still refuses writes");
-            self.pause(attempts);
+            OutboxWriteFailed { error: &e, waiting }.emit(&self.outbox.stats);
+            self.pause(retry);
         }
         tracing::warn!(
             "The disk takes writes again; the service restarts to reopen the dead-letter database"
         );
     }
 
-    /// Sleeps before retry `attempt` (100 ms doubling to 5 s); a failing disk that answers is
-    /// not a stall, so the watchdog stays fed.
-    fn pause(&self, attempt: u32) {
-        let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+    /// Sleeps `retry`'s next delay; a failing disk that answers is not a stall, so the watchdog
+    /// stays fed.
+    fn pause(&self, retry: &mut Backoff) {
+        let delay = retry.next_delay();
         self.outbox.stats.heartbeats.committer_busy(false);
         std::thread::sleep(delay);
         self.outbox.stats.heartbeats.committer_busy(true);
@@ -475,15 +477,9 @@ impl Work {
             }
         }
         if dropped > 0 {
-            outbox.stats.dead_letters_dropped(dropped);
-            if !self.dropping {
-                tracing::warn!(
-                    dropped,
-                    "Dead letters fill their share of the outbox (queue.dead_letter_share): dropping new ones until the DLQ topic takes some"
-                );
-            }
+            DeadLettersDropped { dropped }.emit(&outbox.stats);
         } else if self.dropping && dead_room > 0 {
-            tracing::info!("Dead letters fit in the outbox again");
+            DeadLettersFitAgain.emit(&outbox.stats);
         }
         self.dropping = dropped > 0 || (self.dropping && dead_room == 0);
     }

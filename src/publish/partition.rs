@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::backoff::{Backoff, Circuit};
+use super::circuit::Circuit;
+use crate::backoff::Backoff;
 use crate::config::RetryConfig;
 
 /// Records without a key in a row that go to the same partition.

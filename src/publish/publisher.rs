@@ -44,6 +44,7 @@ use super::window::{Slab, Tracker};
 use crate::config::{KafkaConfig, RetryConfig};
 use crate::outbox::committer::Handoff;
 use crate::outbox::{Committed, LogReader, Outbox, OutboxError};
+use crate::telemetry::events::{Event as _, ProducerRecreated};
 use crate::telemetry::Stats;
 
 /// Errors that stop the publisher.
@@ -281,9 +282,8 @@ impl Loop<'_> {
     /// one.
     fn recreate_producer(&mut self) -> Result<(), PublishError> {
         self.producer = self.p.producer()?;
-        self.p.stats.producer_restarted();
         self.fatal = false;
-        tracing::warn!("Recreated the Kafka producer after a fatal error");
+        ProducerRecreated.emit(&self.p.stats);
         Ok(())
     }
 }

@@ -146,7 +146,11 @@ impl Reader {
     /// Polls for up to `limit` and says whether `done(records)` holds by then. Like
     /// [`Reader::read_until`], the condition is checked when caught up or every 1,000 records
     /// (checking it per record makes reading quadratic).
-    pub fn try_read_until(&mut self, limit: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
+    pub fn try_read_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&[Received]) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + limit;
         while !done(&self.records) && Instant::now() < deadline {
             for _ in 0..1000 {

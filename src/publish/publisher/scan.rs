@@ -11,10 +11,11 @@ use rdkafka::producer::{BaseRecord, Producer as _};
 
 use super::{frame_end, InFlight, Loop, PublishError, Rescan};
 use crate::outbox::codec::{Frame, RecordRef};
-use crate::publish::backoff::Circuit;
+use crate::publish::circuit::Circuit;
 use crate::publish::kafka::{classify_code, Failure};
 use crate::publish::partition::partition_of;
 use crate::record::format_ms;
+use crate::telemetry::events::{Event as _, RecordRejected, TopicMissing};
 
 /// How long a metadata request may block the publisher.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -234,9 +235,7 @@ impl Loop<'_> {
                         t.unknown_since.get_or_insert(now);
                         t.failures += 1;
                         t.refresh_at = now + retry_delay(t.failures);
-                        if t.failures == 1 {
-                            tracing::warn!(topic = %name, "Kafka has no such topic; its records wait in the outbox and are retried");
-                        }
+                        TopicMissing { topic: &name }.emit(&self.p.stats);
                     }
                 }
             }
@@ -479,13 +478,13 @@ impl Loop<'_> {
         record: &RecordRef<'_>,
         error: &str,
     ) -> Result<(), PublishError> {
-        tracing::error!(
+        RecordRejected {
             seq,
-            topic = %record.kafka_topic,
-            source = %record.source,
-            error = %error,
-            "Kafka rejected a record permanently; moved it to the local dead-letter store"
-        );
+            topic: record.kafka_topic,
+            source: record.source,
+            error,
+        }
+        .emit(&self.p.stats);
         self.p.outbox.dlq().publish_rejected(seq, record, error)?;
         self.tracker.settle(seq);
         Ok(())

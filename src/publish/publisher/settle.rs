@@ -9,8 +9,9 @@ use rdkafka::producer::{Producer as _, PurgeConfig};
 
 use super::{Loop, PublishError};
 use crate::outbox::codec::Frame;
-use crate::publish::backoff::Circuit;
+use crate::publish::circuit::Circuit;
 use crate::publish::kafka::{classify_code, Failure};
+use crate::telemetry::events::{Event as _, PartitionHeld};
 use crate::telemetry::LatencyBatch;
 
 impl Loop<'_> {
@@ -215,12 +216,12 @@ impl Loop<'_> {
         }
         for (topic, partition) in newly_stalled {
             let name = self.topics.get(topic).name.clone();
-            tracing::warn!(
-                topic = %name,
+            PartitionHeld {
+                topic: &name,
                 partition,
-                waited_s = limit.as_secs(),
-                "Kafka partition is not confirming records; holding its records in the outbox while the others flow"
-            );
+                waited: limit,
+            }
+            .emit(&self.p.stats);
             // A stalled partition may have lost its leader: look again soon.
             self.topics.get_mut(topic).refresh_at = now;
         }

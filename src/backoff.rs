@@ -1,14 +1,21 @@
-//! Exponential backoff with jitter, and the circuit breaker built on it.
+//! The one backoff type, shared by every loop that retries: MQTT reconnects and refused
+//! subscriptions ([`crate::ingest::mqtt`]), serial ports that went away
+//! ([`crate::ingest::serial`]), a disk that refuses writes ([`crate::outbox::committer`]), and the
+//! circuit breakers of the publisher and the downlink.
 //!
-//! Closed: records flow at full window. A transient failure opens the circuit: nothing is sent
-//! for the backoff delay. Then half-open: a single record probes Kafka; success closes the circuit
-//! (and resets the delay), failure opens it again with a longer delay.
+//! Each delay grows by a factor from a first to a longest delay and is varied by a jitter, so
+//! that a fleet of gateways that lost one broker does not come back in step. A loop resets it
+//! when what it retried works again (a CONNACK, a port that opened, a commit, a confirmed
+//! probe): the next outage starts again from the first delay.
 
 use std::time::Duration;
 
 use rand::Rng;
 
 use crate::config::RetryConfig;
+
+/// The jitter of [`Backoff::doubling`].
+pub const JITTER: f64 = 0.2;
 
 /// Delays that grow by `multiplier` from `initial` to `max`, each varied by ±`jitter`.
 #[derive(Debug, Clone)]
@@ -21,6 +28,16 @@ impl Backoff {
     /// A backoff at its first delay.
     pub fn new(config: RetryConfig) -> Self {
         Self { config, attempt: 0 }
+    }
+
+    /// Doubling from `initial` to `max` (at least `initial`), varied by ±[`JITTER`].
+    pub fn doubling(initial: Duration, max: Duration) -> Self {
+        Self::new(RetryConfig {
+            initial,
+            max: max.max(initial),
+            multiplier: 2.0,
+            jitter: JITTER,
+        })
     }
 
     /// The delay before the next attempt; each call grows it.
@@ -46,37 +63,6 @@ impl Backoff {
     /// Consecutive failures so far.
     pub fn attempts(&self) -> u32 {
         self.attempt
-    }
-}
-
-/// The publisher's circuit state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Circuit {
-    /// Normal operation.
-    Closed,
-    /// Waiting out a backoff delay; nothing is sent.
-    Open,
-    /// One probe record in flight.
-    HalfOpen,
-}
-
-impl Circuit {
-    /// How many records may be in flight in this state.
-    pub fn window(self, max_in_flight: usize) -> usize {
-        match self {
-            Self::Closed => max_in_flight,
-            Self::Open => 0,
-            Self::HalfOpen => 1,
-        }
-    }
-
-    /// Name for logs and status.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half-open",
-        }
     }
 }
 
@@ -117,9 +103,18 @@ mod tests {
     }
 
     #[test]
-    fn the_circuit_limits_what_is_in_flight() {
-        assert_eq!(Circuit::Closed.window(100), 100);
-        assert_eq!(Circuit::HalfOpen.window(100), 1);
-        assert_eq!(Circuit::Open.window(100), 0);
+    fn doubling_stays_within_its_jitter_of_each_step_and_starts_over_after_a_reset() {
+        let mut b = Backoff::doubling(Duration::from_millis(200), Duration::from_secs(30));
+        for step in 0..12 {
+            let nominal = (0.2 * 2f64.powi(step)).min(30.0);
+            let d = b.next_delay().as_secs_f64();
+            let (low, high) = (nominal * (1.0 - JITTER), nominal * (1.0 + JITTER));
+            assert!((low..=high).contains(&d), "step {step}: {d} s");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(240));
+        // A longest delay below the first one means the first one.
+        let mut short = Backoff::doubling(Duration::from_secs(1), Duration::ZERO);
+        assert!(short.next_delay() >= Duration::from_millis(800));
     }
 }
