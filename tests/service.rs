@@ -4,20 +4,12 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use sensorgate::config::Config;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn with_metrics(path: &Path, port: u16) {
-    let body = std::fs::read_to_string(path)
-        .unwrap()
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    std::fs::write(path, body).unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_test_sent_and_health_endpoints_answer() {

@@ -181,20 +181,12 @@ impl TlsMosquitto {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("mosquitto must be installed (scripts/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [plain, good, wrong_host, expired] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "mosquitto exited (a port was taken?)"
-                );
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto did not listen on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        wait_listening(
+            &mut child,
+            "mosquitto (a port was taken?)",
+            &[plain, good, wrong_host, expired],
+            None,
+        );
         Self {
             plain,
             good,
@@ -237,12 +229,7 @@ impl TlsServer {
             .stderr(out)
             .spawn()
             .expect("openssl must be installed (scripts/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "s_server exited");
-            assert!(Instant::now() < deadline, "s_server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(&mut child, "openssl s_server", &[port], Some(log));
         Self {
             port,
             log: log.to_owned(),
@@ -263,13 +250,41 @@ impl Drop for TlsServer {
     }
 }
 
-/// The tansu broker (a Kafka-protocol broker process) serving TLS on a free port, its data in
-/// memory, its output in `log`. Killed on drop. The binary is `SENSORGATE_TANSU`, which
-/// `scripts/kafka-tls.sh` builds and sets.
+/// Waits until `child` (`what`, its output in `log`) listens on each of `ports` of 127.0.0.1;
+/// panics if it exits first or takes over 30 s.
+fn wait_listening(child: &mut Child, what: &str, ports: &[u16], log: Option<&Path>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let output = || log.and_then(|l| std::fs::read_to_string(l).ok());
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{what} exited: {}",
+                output().unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not listen on {port}: {}",
+                output().unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A Kafka-protocol broker process behind a TLS endpoint: the tansu broker (`SENSORGATE_TANSU`,
+/// which `scripts/kafka-tls.sh` builds and sets), its data in memory, listening in plaintext on
+/// one port and advertising a second one, where `socat` terminates TLS with `cert`/`key` and
+/// forwards the bytes to it. tansu 0.6.0 takes `--cert`/`--key` but never uses them (its broker
+/// builds a TLS acceptor and drops it), so a client that asks it for TLS hangs in the
+/// handshake; socat is OpenSSL's TLS server, as a broker with TLS built in would be. Both are
+/// killed on drop; their output goes to `log`.
 pub struct TlsTansu {
+    /// The TLS port (what clients bootstrap from, and what the broker advertises).
     pub port: u16,
     pub log: PathBuf,
-    child: Child,
+    broker: Child,
+    tls: Child,
 }
 
 impl TlsTansu {
@@ -278,37 +293,40 @@ impl TlsTansu {
         std::env::var_os("SENSORGATE_TANSU").map(PathBuf::from)
     }
 
-    /// Starts it with `cert`/`key` and waits until it listens.
+    /// Starts both and waits until they listen.
     pub fn start(binary: &Path, cert: &Path, key: &Path, log: &Path) -> Self {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let (plain, port) = (free_port(), free_port());
         let out = std::fs::File::create(log).unwrap();
-        let mut child = super::clean_command(binary)
+        let mut broker = super::clean_command(binary)
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
             .args(["--storage-engine", "memory://tansu/"])
-            .arg("--cert")
-            .arg(cert)
-            .arg("--key")
-            .arg(key)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out.try_clone().unwrap())
+            .spawn()
+            .expect("the tansu broker (scripts/kafka-tls.sh builds it)");
+        wait_listening(&mut broker, "tansu", &[plain], Some(log));
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            cert.display(),
+            key.display()
+        );
+        let mut tls = Command::new("socat")
+            .args(["-d", &listen, &format!("TCP:127.0.0.1:{plain}")])
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .expect("the tansu broker (scripts/kafka-tls.sh builds it)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "tansu exited: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-            assert!(Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .expect("socat must be installed (scripts/test.sh installs it)");
+        wait_listening(&mut tls, "socat", &[port], Some(log));
         Self {
             port,
             log: log.to_owned(),
-            child,
+            broker,
+            tls,
         }
     }
 
@@ -320,7 +338,9 @@ impl TlsTansu {
 
 impl Drop for TlsTansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in [&mut self.tls, &mut self.broker] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
