@@ -2,11 +2,17 @@
 //!
 //! Start: open the outbox, compile the rules, then spawn the committer, the publisher and one
 //! task per source (MQTT broker or serial port; a serial device that is absent does not stop
-//! the start, its task keeps trying to open it). Stop (SIGTERM/SIGINT, or a task failing): sources stop taking readings and
-//! flush their acknowledgements; the committer commits its last batch and ends when the last
-//! source dropped its sender; the publisher gets [`DELIVERY_GRACE`] to see in-flight deliveries
-//! confirmed; the outbox is flushed. Whatever was not confirmed stays in the outbox for the next
-//! start.
+//! the start, its task keeps trying to open it) and per downlink. The tasks are in three groups,
+//! each stopped by its own token (every task gets a child of it, as in tansu's broker):
+//! - ingest: the sources and the downlinks, in a `JoinSet`;
+//! - the pipeline: the committer and the publisher, each on a thread of its own;
+//! - services: the metrics endpoint, the admin API and the sd_notify watchdog, in a `JoinSet`.
+//!
+//! Stop (SIGTERM/SIGINT, or a task failing): ingest stops taking readings and flushes its
+//! acknowledgements; the committer commits its last batch and ends when the last source dropped
+//! its sender; the publisher gets [`DELIVERY_GRACE`] to see in-flight deliveries confirmed;
+//! then the services stop and the outbox is flushed. Whatever was not confirmed stays in the
+//! outbox for the next start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,6 +264,10 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         routes = config.routes.len(),
         "Starting sensorgate"
     );
+    // The services beside the pipeline: one JoinSet, one token, stopped last (the admin API
+    // and the metrics stay up while the outbox drains at shutdown).
+    let services_stop = CancellationToken::new();
+    let mut services = JoinSet::new();
     if let Some(listener) = metrics {
         let endpoint = Arc::new(Endpoint {
             stats: stats.clone(),
@@ -265,10 +275,9 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
             policy: config.queue.when_full.as_str(),
         });
         tracing::info!(listen = %config.metrics.listen, "Serving /metrics, /healthz and /readyz");
-        tokio::spawn(http::serve(listener, endpoint, stop.clone()));
+        services.spawn(http::serve(listener, endpoint, services_stop.child_token()));
     }
     tracing::info!(path = %admin_path.display(), "Serving the admin API");
-    let admin_stop = CancellationToken::new();
     let backend = Arc::new(
         admin::Backend::daemon(
             outbox.clone(),
@@ -278,11 +287,11 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         )
         .with_downlinks(replayer),
     );
-    let admin_task = tokio::spawn(admin::server::serve(
+    services.spawn(admin::server::serve(
         admin_listener,
         admin_path,
         backend.clone(),
-        admin_stop.clone(),
+        services_stop.child_token(),
     ));
     let config_path = config.path.clone();
     let tasks = Tasks {
@@ -291,7 +300,8 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
         mqtt_sinks,
         publisher,
         handoff,
-        admin: (admin_task, admin_stop, backend),
+        admin: backend,
+        services: (services, services_stop),
         downlinks,
     };
     let supervisor = tokio::spawn(supervise(
@@ -339,11 +349,9 @@ struct Tasks {
     mqtt_sinks: Vec<(u16, AckReceiver)>,
     publisher: Publisher,
     handoff: Arc<Handoff>,
-    admin: (
-        tokio::task::JoinHandle<()>,
-        CancellationToken,
-        Arc<admin::Backend>,
-    ),
+    admin: Arc<admin::Backend>,
+    /// The metrics endpoint, the admin API and (once ready) the sd_notify watchdog.
+    services: (JoinSet<()>, CancellationToken),
     downlinks: Vec<Downlink>,
 }
 
@@ -362,6 +370,7 @@ async fn supervise(
         publisher,
         handoff,
         admin,
+        services: (mut services, services_stop),
         downlinks,
     } = tasks;
     let ingest_stop = CancellationToken::new();
@@ -385,7 +394,7 @@ async fn supervise(
             sink,
             stats.clone(),
         );
-        let token = ingest_stop.clone();
+        let token = ingest_stop.child_token();
         sources.spawn(async move {
             source.run(token).await.map_err(|error| AppError::Mqtt {
                 source_name: name,
@@ -396,7 +405,7 @@ async fn supervise(
     for serial in &config.serial {
         let name = serial.name.clone();
         let source = SerialSource::new(serial.clone(), classifier.clone(), submit.clone(), &stats);
-        let token = ingest_stop.clone();
+        let token = ingest_stop.child_token();
         sources.spawn(async move {
             match source {
                 Ok(source) => {
@@ -412,7 +421,7 @@ async fn supervise(
     }
     // Downlinks stop with the sources: they hold a submitter for their dead letters.
     for downlink in downlinks {
-        let token = ingest_stop.clone();
+        let token = ingest_stop.child_token();
         sources.spawn(async move { downlink.run(token).await.map_err(AppError::from) });
     }
     drop(submit);
@@ -420,11 +429,10 @@ async fn supervise(
     stats.heartbeats.publisher_beat();
     // The outbox is open and every source has started.
     notify::ready();
-    let notify_stop = CancellationToken::new();
-    tokio::spawn(notify::run(
+    services.spawn(notify::run(
         stats.clone(),
         outbox.clone(),
-        notify_stop.clone(),
+        services_stop.child_token(),
     ));
 
     let mut failure: Option<AppError> = None;
@@ -465,7 +473,7 @@ async fn supervise(
 
     ingest_stop.cancel();
     // Replays from the admin API go through the committer too: no new ones from here on.
-    admin.2.close();
+    admin.close();
     let ingest_done = async {
         while let Some(result) = sources.join_next().await {
             if let Ok(Err(e)) = result {
@@ -495,10 +503,13 @@ async fn supervise(
             Ok(Ok(())) => {}
         }
     }
-    notify_stop.cancel();
     // The admin API stays up while the outbox drains; it removes its socket file when it ends.
-    admin.1.cancel();
-    let _ = admin.0.await;
+    services_stop.cancel();
+    while let Some(result) = services.join_next().await {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "A service task failed while stopping");
+        }
+    }
     outbox.flush()?;
     let left = outbox.stats();
     tracing::info!(outbox_depth = left.depth, "Stopped");
