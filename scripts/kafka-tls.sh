@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Kafka over TLS against a real Kafka-protocol broker (README.md, "Security"): builds the tansu
-# broker 0.6.0 into target/tools/ (once; about 14 minutes on 2 cores) and runs the ignored test
+# broker 0.6.0 into target/tools/ (once; about 15-18 minutes on 2 cores) and runs the ignored test
 # `tests/tls.rs::kafka_over_tls_to_a_real_broker_*` with it. Run on purpose; `scripts/test.sh`
 # does not (the build would more than double CI's time).
 #

@@ -36,6 +36,39 @@ fn messages(range: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
     range.map(message).collect()
 }
 
+/// What each test runs on: a 16 MiB tmpfs mounted at `mount` under the test's directory (the
+/// gateway's state directory is its `state/`), mosquitto, the mock cluster with both topics, and
+/// a configuration with metrics on `port`. Fields drop in order: the tmpfs before the directory.
+struct Bed {
+    disk: Tmpfs,
+    mqtt: Mosquitto,
+    kafka: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    config: std::path::PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Bed {
+    /// `None` (the test is skipped, loudly) when no tmpfs can be mounted.
+    fn new(mount: &str, test: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Tmpfs::mount(&dir.path().join(mount), "16m", test)?;
+        let mqtt = Mosquitto::start();
+        let kafka = kafka(&[TOPIC, DLQ]);
+        let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
+        let port = free_port();
+        with_metrics(&config, port);
+        Some(Self {
+            disk,
+            mqtt,
+            kafka,
+            config,
+            port,
+            dir,
+        })
+    }
+}
+
 /// Plays systemd's `Restart=on-failure`: if `gateway` exited, it must have failed, and it is
 /// started again, at most once per test.
 fn restart_once(
@@ -87,15 +120,17 @@ fn listen_status(
 async fn a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_itself() {
     const TEST: &str =
         "disk_full::a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_itself";
-    let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("state"), "16m", TEST) else {
+    let Some(Bed {
+        disk,
+        mqtt,
+        kafka,
+        config,
+        port,
+        dir,
+    }) = Bed::new("state", TEST)
+    else {
         return;
     };
-    let mqtt = Mosquitto::start();
-    let kafka = kafka(&[TOPIC, DLQ]);
-    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
-    let port = free_port();
-    with_metrics(&config, port);
     let socket_path = dir.path().join("notify.sock");
     let stop_listening = Arc::new(AtomicBool::new(false));
     let (status, listener) = listen_status(
@@ -234,16 +269,18 @@ async fn a_full_disk_holds_acknowledgements_shows_the_failure_and_recovers_by_it
 async fn a_full_disk_under_the_dead_letter_database_is_waited_out_before_the_restart_that_reopens_it(
 ) {
     const TEST: &str = "disk_full::a_full_disk_under_the_dead_letter_database_is_waited_out_before_the_restart_that_reopens_it";
-    let dir = tempfile::tempdir().unwrap();
     // `state/outbox` is sled's directory; the queue's segments (`state/queue`) keep their space.
-    let Some(disk) = Tmpfs::mount(&dir.path().join("state/outbox"), "16m", TEST) else {
+    let Some(Bed {
+        disk,
+        mqtt,
+        kafka,
+        config,
+        port,
+        dir,
+    }) = Bed::new("state/outbox", TEST)
+    else {
         return;
     };
-    let mqtt = Mosquitto::start();
-    let kafka = kafka(&[TOPIC, DLQ]);
-    let config = write_config(dir.path(), &mqtt.url(), &kafka.bootstrap_servers(), "");
-    let port = free_port();
-    with_metrics(&config, port);
     let envs = [("RUST_LOG", "info")];
     let log = dir.path().join("gateway.log");
     let mut gateway = GatewayProcess::spawn(&config, &log, &envs);

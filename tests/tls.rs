@@ -197,6 +197,28 @@ fn mqtt_mutual_tls_works_and_each_bad_certificate_fails_clearly_losing_nothing()
 /// environment, and the TLS alert the server must receive (empty: the handshake succeeds).
 type KafkaCase<'a> = (&'a str, &'a str, String, Vec<(&'a str, &'a str)>, &'a str);
 
+/// Starts the gateway with `config`, waits for its subscription, and publishes readings `from`
+/// to `from + 5` to mosquitto at `mqtt_port`.
+fn spawn_and_publish(
+    config: &Path,
+    log: &Path,
+    envs: &[(&str, &str)],
+    runtime: &tokio::runtime::Runtime,
+    mqtt_port: u16,
+    from: u64,
+) -> GatewayProcess {
+    let gateway = GatewayProcess::spawn(config, log, envs);
+    wait_until(LIMIT, "the source to subscribe", || {
+        gateway.log_count("Subscribed") == 1
+    });
+    runtime.block_on(publish_all(
+        mqtt_port,
+        "kafka-tls-sensor",
+        readings(from, from + 5),
+    ));
+    gateway
+}
+
 /// `base` with Kafka at `brokers` and `properties` as its `[kafka.properties]`, written to
 /// `path`.
 fn kafka_variant(base: &str, brokers: &str, properties: &str, path: &Path) {
@@ -280,16 +302,8 @@ fn kafka_tls_finds_the_system_cas_and_bad_certificates_keep_readings_in_the_outb
             properties,
             &config,
         );
-        let gateway =
-            GatewayProcess::spawn(&config, &dir.path().join(format!("kafka-{i}.log")), envs);
-        wait_until(LIMIT, "the source to subscribe", || {
-            gateway.log_count("Subscribed") == 1
-        });
-        runtime.block_on(publish_all(
-            mqtt.port,
-            "kafka-tls-sensor",
-            readings(published, published + 5),
-        ));
+        let log = dir.path().join(format!("kafka-{i}.log"));
+        let gateway = spawn_and_publish(&config, &log, envs, &runtime, mqtt.port, published);
         published += 5;
         if expected.is_empty() {
             // The handshake verified the server against the CA found through OpenSSL's default
@@ -392,15 +406,8 @@ fn kafka_over_tls_to_a_real_broker_delivers_and_a_bad_certificate_keeps_readings
         );
         kafka_variant(&base, &broker.address(), &trusting(trusted), &config);
         with_metrics(&config, port);
-        let gateway = GatewayProcess::spawn(&config, &dir.path().join(format!("bad-{i}.log")), &[]);
-        wait_until(LIMIT, "the source to subscribe", || {
-            gateway.log_count("Subscribed") == 1
-        });
-        runtime.block_on(publish_all(
-            mqtt.port,
-            "tansu-tls-sensor",
-            readings(published, published + 5),
-        ));
+        let log = dir.path().join(format!("bad-{i}.log"));
+        let gateway = spawn_and_publish(&config, &log, &[], &runtime, mqtt.port, published);
         published += 5;
         let deadline = std::time::Instant::now() + LIMIT;
         while !(gateway.log_text().contains("certificate verify failed")
@@ -434,15 +441,8 @@ fn kafka_over_tls_to_a_real_broker_delivers_and_a_bad_certificate_keeps_readings
     create_topics(&broker.address(), &ca, &topics);
     kafka_variant(&base, &broker.address(), &trusting("ca.pem"), &config);
     with_metrics(&config, port);
-    let gateway = GatewayProcess::spawn(&config, &dir.path().join("tls.log"), &[]);
-    wait_until(LIMIT, "the source to subscribe", || {
-        gateway.log_count("Subscribed") == 1
-    });
-    runtime.block_on(publish_all(
-        mqtt.port,
-        "tansu-tls-sensor",
-        readings(published, published + 5),
-    ));
+    let log = dir.path().join("tls.log");
+    let gateway = spawn_and_publish(&config, &log, &[], &runtime, mqtt.port, published);
     published += 5;
     let mut reader = Reader::with_properties(
         &broker.address(),
