@@ -68,6 +68,9 @@ pub enum ConnectionError {
     ResponseValidation(#[from] crate::websockets::ValidationError),
 }
 
+/// Most requests written before one flush (sensorgate patch, PATCHES.md).
+const MAX_REQUEST_BATCH: usize = 256;
+
 /// Eventloop with all the state of a connection
 pub struct EventLoop {
     /// Options of the current mqtt connection
@@ -244,6 +247,23 @@ impl EventLoop {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
+                    }
+                    // sensorgate patch (PATCHES.md): the requests already queued go out with
+                    // this one, in one flush, as `readb` does for incoming packets: a commit's
+                    // worth of PUBACKs was one write(2) each.
+                    for _ in 1..MAX_REQUEST_BATCH {
+                        if !self.pending.is_empty()
+                            || self.state.inflight >= self.mqtt_options.inflight
+                            || self.state.collision.is_some()
+                        {
+                            break;
+                        }
+                        let Ok(request) = self.requests_rx.try_recv() else {
+                            break;
+                        };
+                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                            network.write(outgoing).await?;
+                        }
                     }
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,
