@@ -87,7 +87,9 @@ async fn a_huge_publish_is_refused_unread_and_counted_and_memory_stays_bounded()
         }) >= 3.0
     })
     .await;
-    assert!(daemon.log_count("larger than max_payload allows") >= 3);
+    // Each one is counted; the log says it at error level once (then at most once a minute,
+    // the events' rate limit).
+    assert!(daemon.log_count("larger than max_payload allows") >= 1);
     assert!(daemon.try_wait().is_none(), "the gateway exited");
     let usage = daemon.usage();
     assert!(
