@@ -122,13 +122,15 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, stop: Cancell
 
 const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
 
-/// Reads what the client sent so far (closing over unread bytes would reset the connection),
-/// then answers `503`.
+/// Answers `503` and ends its side, then reads what the client sends until it closes (the
+/// caller bounds this to a second): closing over unread bytes would reset the connection, and
+/// a client whose request arrived after the answer would lose the answer.
 async fn refuse(mut stream: TcpStream) -> std::io::Result<()> {
-    let mut sink = [0u8; 8192];
-    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
     stream.write_all(BUSY.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    let mut sink = [0u8; 8192];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 async fn handle(mut stream: TcpStream, endpoint: &Endpoint) -> std::io::Result<()> {
