@@ -121,6 +121,8 @@ pub struct Downlink {
     replay_tx: mpsc::Sender<ReplayRequest>,
     replays: mpsc::Receiver<ReplayRequest>,
     stats: Arc<DownlinkStats>,
+    /// The gateway's counters, for its operational events.
+    events: Arc<Stats>,
 }
 
 impl std::fmt::Debug for Downlink {
@@ -142,7 +144,7 @@ impl Downlink {
         index: usize,
         submit: Submitter,
         (sink, acks): (u16, AckReceiver),
-        stats: &Stats,
+        stats: &Arc<Stats>,
     ) -> Result<Self, DownlinkError> {
         let downlink = config.downlinks[index].clone();
         let name = downlink.name.clone();
@@ -187,6 +189,7 @@ impl Downlink {
             replay_tx,
             replays,
             stats: stats.downlink(&name),
+            events: stats.clone(),
         })
     }
 

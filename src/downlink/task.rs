@@ -26,6 +26,7 @@ use crate::outbox::committer::{AckToken, Request, Submission};
 use crate::publish::circuit::Circuit;
 use crate::record::{now_ms, DeadLetterInfo, Meta, Origin, Reason, Record, Violation};
 use crate::telemetry::downlink::CommandResult;
+use crate::telemetry::events::{DownlinkLinkLost, Event as _};
 
 /// How often moved offsets are committed.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
@@ -511,15 +512,14 @@ impl Downlink {
         run.circuit = Circuit::Open;
         let delay = run.backoff.next_delay();
         run.connect_at = Some(Instant::now() + delay);
-        if run.failures.is_power_of_two() {
-            tracing::warn!(
-                downlink = %self.name, error = %why, attempts = run.failures,
-                retry_ms = delay.as_millis() as u64, held = run.window.held(),
-                "MQTT broker of the downlink unreachable or not acknowledging; consumption paused, retrying with backoff"
-            );
-        } else {
-            tracing::debug!(downlink = %self.name, error = %why, attempts = run.failures, "MQTT reconnect failed");
+        DownlinkLinkLost {
+            downlink: &self.name,
+            error: &why,
+            attempts: run.failures,
+            retry: delay,
+            held: run.window.held(),
         }
+        .emit(&self.events);
     }
 
     fn on_replay(&mut self, run: &mut Run, request: ReplayRequest) {

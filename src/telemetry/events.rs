@@ -115,6 +115,29 @@ impl Event for MqttLinkLost<'_> {
     }
 }
 
+/// A downlink's MQTT broker is unreachable or does not acknowledge: consumption is paused and
+/// the link retried after `retry`.
+#[derive(Debug)]
+pub struct DownlinkLinkLost<'a> {
+    /// The downlink.
+    pub downlink: &'a str,
+    /// What failed.
+    pub error: &'a dyn Detail,
+    /// Consecutive failures.
+    pub attempts: u32,
+    /// The delay before the next attempt.
+    pub retry: Duration,
+    /// Commands held until the link is back.
+    pub held: usize,
+}
+
+impl Event for DownlinkLinkLost<'_> {
+    fn emit(self, stats: &Stats) {
+        let retry_ms = self.retry.as_millis() as u64;
+        limited!(stats, "downlink-link-lost", self.downlink, warn, downlink = %self.downlink, error = %self.error, attempts = self.attempts, retry_ms, held = self.held, "MQTT broker of the downlink unreachable or not acknowledging; consumption paused, retrying with backoff");
+    }
+}
+
 /// The broker sent a packet over the source's limit: rumqttc dropped the connection unread.
 #[derive(Debug)]
 pub struct MqttPacketTooLarge<'a> {
