@@ -44,9 +44,6 @@ use rumqttc::{
 };
 use thiserror::Error;
 use tokio::time::{sleep, sleep_until, Instant};
-
-/// The first delay before a reconnect or a new SUBSCRIBE.
-pub const RETRY_FIRST: Duration = Duration::from_millis(200);
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -58,6 +55,9 @@ use crate::telemetry::events::{
     Event as _, MqttLinkLost, MqttPacketTooLarge, MqttSubscriptionRefused,
 };
 use crate::telemetry::Stats;
+
+/// The first delay before a reconnect or a new SUBSCRIBE.
+pub const RETRY_FIRST: Duration = Duration::from_millis(200);
 
 /// Errors of an MQTT source.
 #[derive(Debug, Error)]

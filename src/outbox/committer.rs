@@ -321,15 +321,18 @@ impl Committer {
     /// fresh segment. The first failure of an outage logs one error and raises
     /// `sensorgate_outbox_write_failing` (and `/readyz`, STATUS=) until a commit succeeds.
     fn store(&mut self, batch: &mut Batch, work: &mut Work) -> Result<(), OutboxError> {
-        let mut failures = 0u32;
+        // Its attempts are the failed commits of this batch.
         let mut retry = Backoff::doubling(DISK_RETRY_FIRST, DISK_RETRY_MAX);
         let mut blocked = false;
         loop {
             let dead: Vec<&Record> = work.dead.iter().map(|i| &work.records[*i]).collect();
             match self.outbox.commit(batch, &dead) {
                 Ok(committed) => {
-                    if failures > 0 {
-                        OutboxWritable { attempts: failures }.emit(&self.outbox.stats);
+                    if retry.attempts() > 0 {
+                        OutboxWritable {
+                            attempts: retry.attempts(),
+                        }
+                        .emit(&self.outbox.stats);
                     }
                     if blocked {
                         tracing::info!("Outbox has room again: acknowledging readings");
@@ -352,7 +355,6 @@ impl Committer {
                     self.outbox.stats.heartbeats.committer_busy(true);
                 }
                 Err(CommitError::Failed(e)) => {
-                    failures += 1;
                     OutboxWriteFailed {
                         error: &e,
                         waiting: batch.len() as usize,

@@ -35,6 +35,16 @@ pub fn partition_of(key: Option<&str>, seq: u64, partitions: u32) -> u32 {
     }
 }
 
+/// The delays before asking again for the metadata of a topic: 0.5 s doubling to 30 s.
+fn metadata_retry() -> Backoff {
+    Backoff::new(RetryConfig {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+        multiplier: 2.0,
+        jitter: 0.0,
+    })
+}
+
 /// What the publisher knows of a topic.
 #[derive(Debug)]
 pub struct Topic {
@@ -46,8 +56,8 @@ pub struct Topic {
     pub leaders: Vec<i32>,
     /// When to ask for metadata again.
     pub refresh_at: Instant,
-    /// Failed metadata requests in a row.
-    pub failures: u32,
+    /// Failed metadata requests in a row (its attempts), and the delay before the next one.
+    pub metadata_retry: Backoff,
     /// The first record of this topic not sent while its partition count is unknown.
     pub pending_from: Option<u64>,
     /// Records confirmed since counters were last reported.
@@ -78,7 +88,7 @@ impl Topics {
             partitions: 0,
             leaders: Vec::new(),
             refresh_at: Instant::now(),
-            failures: 0,
+            metadata_retry: metadata_retry(),
             pending_from: None,
             delivered: 0,
             failed: 0,
@@ -205,6 +215,15 @@ impl Parts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_is_asked_again_after_half_a_second_doubling_to_30_s() {
+        let mut retry = metadata_retry();
+        let delays: Vec<u64> = (0..8)
+            .map(|_| retry.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+    }
 
     #[test]
     fn keys_pick_the_partition_librdkafka_picks_and_keyless_runs_are_sticky() {

@@ -219,7 +219,7 @@ impl Loop<'_> {
                         }
                         t.partitions = leaders.len() as u32;
                         t.leaders = leaders;
-                        t.failures = 0;
+                        t.metadata_retry.reset();
                         t.unknown_since = None;
                         t.refresh_at = now + METADATA_EVERY;
                         // Records that waited for the partition count: each partition holds
@@ -233,15 +233,13 @@ impl Loop<'_> {
                     _ => {
                         // The cluster answered but has no such topic (auto-create off).
                         t.unknown_since.get_or_insert(now);
-                        t.failures += 1;
-                        t.refresh_at = now + retry_delay(t.failures);
+                        t.refresh_at = now + t.metadata_retry.next_delay();
                         TopicMissing { topic: &name }.emit(&self.p.stats);
                     }
                 }
             }
             Err(e) => {
-                t.failures += 1;
-                t.refresh_at = now + retry_delay(t.failures);
+                t.refresh_at = now + t.metadata_retry.next_delay();
                 tracing::debug!(topic = %name, error = %e, "Kafka metadata request failed");
             }
         }
@@ -512,9 +510,4 @@ impl Loop<'_> {
             self.p.stats.retry();
         }
     }
-}
-
-/// Delay before asking again for the metadata of a topic that failed `failures` times.
-fn retry_delay(failures: u32) -> Duration {
-    Duration::from_millis(250u64 << failures.min(7)).min(Duration::from_secs(30))
 }

@@ -230,7 +230,7 @@ impl Loop<'_> {
         any_open |= self
             .topics
             .iter()
-            .any(|(_, t)| t.pending_from.is_some() && t.failures > 0);
+            .any(|(_, t)| t.pending_from.is_some() && t.metadata_retry.attempts() > 0);
         self.p.stats.set_circuit_open(any_open);
         // Held partitions take more than half of the window: take back what librdkafka has not
         // sent yet (for every partition: a purge only cuts the tail of a queue, so each
