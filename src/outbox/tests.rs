@@ -295,7 +295,18 @@ fn a_format_1_state_directory_is_migrated_with_its_backlog_and_dead_letters() {
     }
     let cfg = QueueConfig::default();
     {
-        let outbox = open(dir.path(), &cfg, Arc::default());
+        // sled's I/O pool may still hold the old database (and its file lock) for a moment
+        // after the last handle is dropped: wait for the lock, with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let outbox = loop {
+            match Outbox::open(dir.path(), &cfg, &DlqConfig::default(), Arc::default()) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break Arc::new(opened.unwrap()),
+            }
+        };
         assert_eq!(outbox.sequence_number(0), base, "same sequence base");
         let queued = read_all(&outbox, 0);
         let seqs: Vec<u64> = queued.iter().map(|(s, _)| *s).collect();
