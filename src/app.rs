@@ -204,9 +204,46 @@ fn checked_rules(config: &Config) -> Result<Rules, AppError> {
     })
 }
 
+/// A checked configuration with its routes and schemas compiled: [`prepare`]d, ready to
+/// [`start_prepared`].
+#[derive(Debug)]
+pub struct Prepared {
+    config: Config,
+    rules: Rules,
+    downlink_rules: Vec<crate::downlink::rules::Rules>,
+}
+
+/// Validates the configuration and compiles its routes and schemas, the downlinks' too.
+///
+/// The daemon calls this before its runtime starts any thread: checking a schema against its
+/// meta-schema takes about 10 MiB for a moment, on a thread of its own
+/// (`vendor/jsonschema/PATCHES.md`), and while no other thread exists that thread gets a malloc
+/// arena of its own, which gives the memory back when it ends. Later (a reload) it may share
+/// an arena with long-lived allocations, which then keeps the freed memory for the next check.
+pub fn prepare(config: Config) -> Result<Prepared, AppError> {
+    let rules = checked_rules(&config)?;
+    let downlink_rules = (0..config.downlinks.len())
+        .map(|i| Downlink::rules(&config, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared {
+        config,
+        rules,
+        downlink_rules,
+    })
+}
+
 /// Validates the configuration, opens the outbox, compiles the rules and starts every task.
 pub fn start(config: Config) -> Result<Handle, AppError> {
-    let rules = checked_rules(&config)?;
+    start_prepared(prepare(config)?)
+}
+
+/// Opens the outbox and starts every task of a [`prepare`]d configuration.
+pub fn start_prepared(prepared: Prepared) -> Result<Handle, AppError> {
+    let Prepared {
+        config,
+        rules,
+        downlink_rules,
+    } = prepared;
     let stats = Arc::new(Stats::default());
     let outbox = Arc::new(Outbox::open(
         &config.gateway.state_dir,
@@ -234,8 +271,8 @@ pub fn start(config: Config) -> Result<Handle, AppError> {
     let downlink_sinks: Vec<_> = config.downlinks.iter().map(|_| sinks.register()).collect();
     let (committer, submit) = Committer::new(outbox.clone(), &config.queue, sinks, handoff.clone());
     // Downlinks (commands from Kafka to devices): their dead letters go through the committer.
-    let downlinks = (downlink_sinks.into_iter().enumerate())
-        .map(|(i, sink)| Downlink::new(&config, i, submit.clone(), sink, &stats))
+    let downlinks = (downlink_sinks.into_iter().zip(downlink_rules).enumerate())
+        .map(|(i, (sink, rules))| Downlink::new(&config, i, rules, submit.clone(), sink, &stats))
         .collect::<Result<Vec<_>, _>>()?;
     let replayer = Replayer::daemon(downlinks.iter().map(|d| (d.name().to_owned(), d.replays())));
 

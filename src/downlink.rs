@@ -136,12 +136,23 @@ impl std::fmt::Debug for Downlink {
 }
 
 impl Downlink {
-    /// Downlink number `index` of `config`: compiles its rules and creates its consumer (so a
-    /// bad schema or librdkafka property fails the start). Dead letters go to `submit`, and
-    /// their acknowledgements come back on the ack sink `(sink, acks)`.
+    /// Compiles the template and schema of downlink number `index` of `config` (so a bad one
+    /// fails the start).
+    pub fn rules(config: &Config, index: usize) -> Result<Rules, DownlinkError> {
+        let downlink = &config.downlinks[index];
+        Rules::build(config, downlink).map_err(|source| DownlinkError::Rules {
+            name: downlink.name.clone(),
+            source,
+        })
+    }
+
+    /// Downlink number `index` of `config`, with its compiled `rules` ([`Downlink::rules`]):
+    /// creates its consumer (so a bad librdkafka property fails the start). Dead letters go to
+    /// `submit`, and their acknowledgements come back on the ack sink `(sink, acks)`.
     pub fn new(
         config: &Config,
         index: usize,
+        rules: Rules,
         submit: Submitter,
         (sink, acks): (u16, AckReceiver),
         stats: &Arc<Stats>,
@@ -158,10 +169,6 @@ impl Downlink {
                 name: name.clone(),
                 what: format!("no [[mqtt]] source `{}`", downlink.mqtt),
             })?;
-        let rules = Rules::build(config, &downlink).map_err(|source| DownlinkError::Rules {
-            name: name.clone(),
-            source,
-        })?;
         let (consumer, shared) =
             consumer::create(&config.kafka, &downlink, gateway, name.as_str().into()).map_err(
                 |source| DownlinkError::Client {

@@ -346,7 +346,9 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
-async fn run(config: PathBuf) -> anyhow::Result<()> {
+/// Loads the configuration, sets up logging and compiles the rules, before the runtime starts
+/// its threads ([`sensorgate::app::prepare`] says why).
+fn prepare(config: PathBuf) -> anyhow::Result<sensorgate::app::Prepared> {
     let config = match Config::load(&config) {
         Ok(config) => config,
         Err(e) => {
@@ -355,12 +357,16 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
         }
     };
     logging::init(&config.gateway.log_level);
+    Ok(sensorgate::app::prepare(config)?)
+}
+
+async fn run(prepared: sensorgate::app::Prepared) -> anyhow::Result<()> {
     // Installed before the start, so a SIGTERM or SIGHUP that arrives while the gateway starts
     // waits for it instead of killing the process.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    let handle = Arc::new(sensorgate::app::start(config)?);
+    let handle = Arc::new(sensorgate::app::start_prepared(prepared)?);
     let signals = {
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -478,14 +484,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let runtime = match daemon_runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("sensorgate: cannot start the async runtime: {e}");
-                    return ExitCode::from(Status::Usage as u8);
-                }
-            };
-            match runtime.block_on(run(config)) {
+            let started = prepare(config).and_then(|prepared| {
+                let runtime = daemon_runtime()
+                    .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+                runtime.block_on(run(prepared))
+            });
+            match started {
                 Ok(()) => Status::Ok,
                 Err(e) => {
                     // Our errors carry their causes in their own message already.
