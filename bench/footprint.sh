@@ -9,7 +9,8 @@
 #     bench/footprint.sh --bin target/release/sensorgate   # a binary, not a package (amd64)
 #
 # The idle daemon has one MQTT source connected to a mosquitto on this machine, Kafka
-# unreachable (a closed port of 127.0.0.1), the metrics listener on, and a fresh state directory.
+# unreachable (a closed port of 127.0.0.1), the metrics listener on, a fresh state directory, and
+# MALLOC_ARENA_MAX=2 as the systemd unit sets it.
 # amd64 runs natively; arm64 and armhf run under qemu-aarch64-static / qemu-arm-static (with the
 # multiarch libc6 and libssl3 of the target that packaging/build-debs.sh installs), so their
 # RSS is qemu's (it includes qemu's translation cache) and their times are qemu's: indicative
@@ -20,6 +21,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
 IDLE_SECS=${IDLE_SECS:-10}
+# As the systemd unit runs the daemon (Environment=MALLOC_ARENA_MAX=2), unless set otherwise.
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 
 fail() {
     echo "footprint: $*" >&2
