@@ -451,10 +451,14 @@ fn main() -> ExitCode {
     let status = match cli.command {
         Command::Demo { duration, devices } => {
             // Only warnings, so the demo's own lines stay readable. rumqttd logs ordinary
-            // client disconnects as errors: silenced. During the outage the publisher relays
-            // librdkafka's connection failures as warnings, a dozen lines the demo's own
-            // "Kafka goes down" line says better: only its errors are shown.
-            logging::init("warn,rumqttd=off,sensorgate::publish::kafka=error");
+            // client disconnects as errors: silenced. During the outage the publisher and the
+            // downlink's consumer relay librdkafka's connection failures as warnings, a dozen
+            // lines the demo's own "Kafka goes down" line says better: only their errors are
+            // shown.
+            logging::init(
+                "warn,rumqttd=off,sensorgate::publish::kafka=error,\
+                 sensorgate::downlink::consumer=error",
+            );
             let options = DemoOptions {
                 duration,
                 devices,
