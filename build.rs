@@ -6,7 +6,8 @@
 //! refuses it at once instead of crashing. On x86-64 the usual linker packs them. For other
 //! targets Debian 12's GNU ld (binutils 2.40) ignores the option, so the binaries are linked
 //! with rustc's own lld (`gcc-ld/ld.lld` of its sysroot) where the toolchain has it; without
-//! it they are linked as before, unpacked.
+//! it they are linked as before, unpacked. Binaries built here need glibc 2.36 on the machine
+//! that runs them too (the tests run the debug build: Debian 12 has it).
 
 use std::path::PathBuf;
 use std::process::Command;

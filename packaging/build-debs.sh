@@ -51,6 +51,11 @@ if (($# == 0)); then
     set -- arm64 armhf
 fi
 
+# armhf and armv7-unknown-linux-gnueabihf both make sensorgate_<version>_armhf.deb.
+if [[ " $* " == *" armv7-unknown-linux-gnueabihf "* && " $* " =~ " "(armhf|thumbv7neon-unknown-linux-gnueabihf)" " ]]; then
+    fail "armhf (Thumb-2) and armv7-unknown-linux-gnueabihf both make the armhf package: build one"
+fi
+
 built=()
 for arch in "$@"; do
     case $arch in
@@ -136,8 +141,10 @@ for arch in "$@"; do
         # EABI), so they are packaged from the armv7 triple's directory.
         deb_triple=armv7-unknown-linux-gnueabihf
         mkdir -p "target/$deb_triple/release"
-        cp "target/$triple/release/sensorgate" "target/$triple/release/sensorgate-demo-broker" \
-            "target/$deb_triple/release/"
+        # --remove-destination: cargo's files there are hard links to its own build of that
+        # triple, which a copy through them would overwrite.
+        cp --remove-destination "target/$triple/release/sensorgate" \
+            "target/$triple/release/sensorgate-demo-broker" "target/$deb_triple/release/"
     fi
     built+=("$(env "${env_vars[@]}" cargo deb --target "$deb_triple" --no-build --no-strip | tail -n 1)")
 done

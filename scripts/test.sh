@@ -117,8 +117,10 @@ cargo test --workspace --doc 2>&1 | tee "$logs/doc.log"
 # dev-dependencies, which cargo resolves only for a workspace's own members, so they run from a
 # scratch manifest over vendor/sled/src (built in target/sled-tests).
 step "sled's I/O pool tests (vendor/sled/PATCHES.md, item 3)"
+# The workspace's Cargo.lock pins the versions the two share.
 sled_dir=$(mktemp -d)
-cp vendor/sled/Cargo.toml "$sled_dir/"
+trap 'rm -rf "$sled_dir"' EXIT
+cp vendor/sled/Cargo.toml Cargo.lock "$sled_dir/"
 printf '\n[workspace]\n' >>"$sled_dir/Cargo.toml"
 ln -s "$PWD/vendor/sled/src" "$sled_dir/src"
 CARGO_TARGET_DIR=$PWD/target/sled-tests cargo test --manifest-path "$sled_dir/Cargo.toml" --lib threadpool 2>&1 | tee "$logs/sled.log"

@@ -16,6 +16,7 @@ use sensorgate::cli::tail::{TailOptions, DEFAULT_GROUP};
 use sensorgate::cli::{self, Status};
 use sensorgate::config::units::parse_duration;
 use sensorgate::config::{Config, DEFAULT_PATH};
+use sensorgate::downlink::DownlinkError;
 use sensorgate::record::{now_ms, Reason};
 use sensorgate::telemetry::logging;
 use std::sync::Arc;
@@ -500,7 +501,11 @@ fn main() -> ExitCode {
                     tracing::error!("{e}");
                     let config_error = matches!(
                         e.downcast_ref::<AppError>(),
-                        Some(AppError::Config(_) | AppError::Rules { .. })
+                        Some(
+                            AppError::Config(_)
+                                | AppError::Rules { .. }
+                                | AppError::Downlink(DownlinkError::Rules { .. })
+                        )
                     ) || e
                         .downcast_ref::<sensorgate::config::ConfigError>()
                         .is_some();

@@ -302,22 +302,31 @@ pub(crate) fn build_validator(
         // sensorgate: on a thread of its own, so that the meta-schema validator's memory
         // (about 10 MiB for a 2020-12 schema) is allocated and freed in another malloc arena
         // than the long-lived validators' (vendor/jsonschema/PATCHES.md, patch 3).
+        // The main thread's stack size (8 MiB, mostly untouched), for deeply nested schemas.
+        // A thread the OS refuses (a task limit) leaves the check to the calling thread.
+        let check = || match meta_schema_validator(draft)?.validate(schema) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(error.into_owned()),
+        };
         let checked = std::thread::scope(|scope| {
-            scope
-                .spawn(|| match meta_schema_validator(draft)?.validate(schema) {
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(error.into_owned()),
-                })
-                .join()
+            std::thread::Builder::new()
+                .stack_size(8 << 20)
+                .spawn_scoped(scope, check)
+                .map(|thread| thread.join())
         });
         match checked {
-            Ok(result) => result?,
-            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(Ok(result)) => result?,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => check()?,
         }
         // glibc gives a thread arena's free memory back only when a large chunk is freed into
         // it, and the check's last frees are small ones (the thread's cache, at its exit). A
         // new thread takes the arena the check's thread left (glibc's free list) and frees one.
-        let _ = std::thread::spawn(|| drop(std::hint::black_box(vec![1u8; 96 << 10]))).join();
+        if let Ok(thread) = std::thread::Builder::new()
+            .spawn(|| drop(std::hint::black_box(vec![1u8; 96 << 10])))
+        {
+            let _ = thread.join();
+        }
     }
 
     // Finally, compile the validator
