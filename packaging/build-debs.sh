@@ -34,7 +34,8 @@ apt_install() {
     done
     if ((${#missing[@]} > 0)); then
         step "Installing ${missing[*]}"
-        "${sudo[@]}" apt-get update
+        "${sudo[@]}" apt-get update \
+            || echo "apt-get update reported errors (above); installing from the package lists it has" >&2
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
     fi
 }
@@ -95,7 +96,8 @@ for arch in "$@"; do
     if ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
         step "dpkg --add-architecture $debarch"
         "${sudo[@]}" dpkg --add-architecture "$debarch"
-        "${sudo[@]}" apt-get update
+        "${sudo[@]}" apt-get update \
+            || echo "apt-get update reported errors (above); installing from the package lists it has" >&2
     fi
     # The C library comes with the compiler only as a Recommends.
     apt_install "gcc-$gnu" "g++-$gnu" "libc6-dev-$debarch-cross" "libssl-dev:$debarch"

@@ -40,7 +40,8 @@ if ((${#packages[@]} > 0)); then
         command -v sudo >/dev/null 2>&1 || fail "need root or sudo to install: ${packages[*]}"
         sudo=(sudo)
     fi
-    "${sudo[@]}" apt-get update
+    "${sudo[@]}" apt-get update \
+        || echo "apt-get update reported errors (above); installing from the package lists it has" >&2
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
 fi
 if ! cargo deb --version >/dev/null 2>&1; then

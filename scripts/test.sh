@@ -62,7 +62,8 @@ if ((${#packages[@]} > 0)); then
         fi
         sudo=(sudo)
     fi
-    "${sudo[@]}" apt-get update
+    "${sudo[@]}" apt-get update \
+        || echo "apt-get update reported errors (above); installing from the package lists it has" >&2
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
 fi
 
