@@ -301,9 +301,9 @@ pub(crate) fn build_validator(
     if config.validate_schema {
         // sensorgate: on a thread of its own, so that the meta-schema validator's memory
         // (about 10 MiB for a 2020-12 schema) is allocated and freed in another malloc arena
-        // than the long-lived validators' (vendor/jsonschema/PATCHES.md, patch 3).
-        // The main thread's stack size (8 MiB, mostly untouched), for deeply nested schemas.
-        // A thread the OS refuses (a task limit) leaves the check to the calling thread.
+        // than the long-lived validators' (vendor/jsonschema/PATCHES.md, patch 3). It gets the
+        // main thread's stack size (8 MiB, mostly untouched) for deeply nested schemas; if the
+        // OS refuses the thread (a task limit), the calling thread does the check.
         let check = || match meta_schema_validator(draft)?.validate(schema) {
             Ok(()) => Ok(()),
             Err(error) => Err(error.into_owned()),
